@@ -1,0 +1,1 @@
+//! Reading and re-applying filesystem metadata (placeholder, filled in by the fsmeta work).

@@ -1,0 +1,5 @@
+//! volguard: encrypted, deduplicated, incremental backups of Docker volumes.
+
+pub mod fsmeta;
+pub mod ids;
+pub mod tree;
