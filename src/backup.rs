@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -30,6 +31,8 @@ use crate::{chunk, fsmeta};
 const INDEX_EVERY_PACKS: usize = 32;
 /// Blobs queued between pipeline stages (each at most one chunk).
 const QUEUE_BLOBS: usize = 16;
+/// Packs stored at the same time.
+const UPLOAD_CONCURRENCY: usize = 2;
 /// Soft-error messages kept verbatim in the snapshot; the rest are only counted.
 const MAX_ERROR_MESSAGES: usize = 1000;
 
@@ -114,6 +117,7 @@ pub fn run(
     let (raw_tx, raw_rx) = bounded::<RawBlob>(QUEUE_BLOBS);
     let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(QUEUE_BLOBS);
     let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+    let upload_state = Mutex::new(UploadState::default());
 
     let (scan_result, uploaded) = std::thread::scope(|s| {
         for i in 0..workers {
@@ -130,10 +134,17 @@ pub fn run(
             .name("packer".into())
             .spawn_scoped(s, || packer(repo, sealed_rx, pack_tx))
             .expect("spawning a thread");
-        let uploader = std::thread::Builder::new()
-            .name("uploader".into())
-            .spawn_scoped(s, || uploader(repo, pack_rx))
-            .expect("spawning a thread");
+        let uploaders: Vec<_> = (0..UPLOAD_CONCURRENCY)
+            .map(|i| {
+                let rx = pack_rx.clone();
+                let state = &upload_state;
+                std::thread::Builder::new()
+                    .name(format!("upload-{i}"))
+                    .spawn_scoped(s, move || uploader(repo, rx, state))
+                    .expect("spawning a thread")
+            })
+            .collect();
+        drop(pack_rx);
 
         let mut scanner = Scanner {
             repo,
@@ -148,16 +159,28 @@ pub fn run(
         let summary = std::mem::take(&mut scanner.summary);
         let error_count = scanner.error_count;
         drop(scanner); // closes the channel so the pipeline drains and ends
-        let uploaded = uploader
-            .join()
-            .unwrap_or_else(|_| Err(Error::Other("uploader thread panicked".into())));
+        let mut uploaded: Result<()> = Ok(());
+        for u in uploaders {
+            let r = u
+                .join()
+                .unwrap_or_else(|_| Err(Error::Other("uploader thread panicked".into())));
+            if uploaded.is_ok() {
+                uploaded = r;
+            }
+        }
         (
             scan_result.map(|root| (root, summary, error_count)),
             uploaded,
         )
     });
     // An upload failure explains a scan that stopped early, so it is reported first.
-    let uploaded = uploaded?;
+    uploaded?;
+    let rest = std::mem::take(&mut upload_state.lock().unwrap_or_else(|p| p.into_inner()).batch);
+    flush_index(repo, rest, &upload_state)?;
+    let uploaded = upload_state
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .done;
     let (root, mut summary, error_count) = scan_result?;
     for p in &uploaded.packs {
         index.add_pack(p.id, p.size, &p.blobs);
@@ -221,9 +244,12 @@ fn load_parent_tree(repo: &Repository, index: &Index, id: &BlobId) -> Option<Tre
 }
 
 fn seal_worker(repo: &Repository, rx: Receiver<RawBlob>, tx: Sender<SealedBlob>) {
-    let level = repo.config().compression_level;
+    let Ok(mut zstd) = zstd::bulk::Compressor::new(repo.config().compression_level) else {
+        tracing::error!("cannot create a zstd compressor");
+        return;
+    };
     for b in rx {
-        let sealed = pack::seal_blob(repo.keys(), &b.raw, level);
+        let sealed = pack::seal_blob(repo.keys(), &b.raw, &mut zstd);
         let msg = SealedBlob {
             kind: b.kind,
             id: b.id,
@@ -263,21 +289,37 @@ fn packer(repo: &Repository, rx: Receiver<SealedBlob>, tx: Sender<FinishedPack>)
     }
 }
 
-fn uploader(repo: &Repository, rx: Receiver<FinishedPack>) -> Result<Uploaded> {
-    let mut out = Uploaded::default();
-    let mut batch: Vec<IndexedPack> = Vec::new();
-    let flush = |batch: &mut Vec<IndexedPack>, out: &mut Uploaded| -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let file = IndexFile {
-            packs: std::mem::take(batch),
-        };
-        let (_, n) = repo.save_index(&file)?;
-        out.bytes += n;
-        out.packs.extend(file.packs);
-        Ok(())
-    };
+/// Index state shared by the uploader threads.
+#[derive(Default)]
+struct UploadState {
+    batch: Vec<IndexedPack>,
+    done: Uploaded,
+}
+
+/// Writes an index file for the packs in `batch` (all of them already durable).
+fn flush_index(
+    repo: &Repository,
+    batch: Vec<IndexedPack>,
+    state: &Mutex<UploadState>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let file = IndexFile { packs: batch };
+    let (_, n) = repo.save_index(&file)?;
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    s.done.bytes += n;
+    s.done.packs.extend(file.packs);
+    Ok(())
+}
+
+/// Several uploaders run at once so one pack's fsync (or S3 round trip) overlaps the
+/// next pack's transfer instead of stalling the whole pipeline.
+fn uploader(
+    repo: &Repository,
+    rx: Receiver<FinishedPack>,
+    state: &Mutex<UploadState>,
+) -> Result<()> {
     for p in rx {
         let size = p.bytes.len() as u64;
         let span = tracing::debug_span!("pack", id = %p.id.short(), size);
@@ -286,18 +328,21 @@ fn uploader(repo: &Repository, rx: Receiver<FinishedPack>) -> Result<Uploaded> {
             repo.backend()
                 .put(crate::backend::Kind::Pack, &p.id.to_hex(), p.bytes),
         )?;
-        out.bytes += size;
-        batch.push(IndexedPack {
-            id: p.id,
-            size,
-            blobs: p.entries,
-        });
-        if batch.len() >= INDEX_EVERY_PACKS {
-            flush(&mut batch, &mut out)?;
+        let full = {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            s.done.bytes += size;
+            s.batch.push(IndexedPack {
+                id: p.id,
+                size,
+                blobs: p.entries,
+            });
+            (s.batch.len() >= INDEX_EVERY_PACKS).then(|| std::mem::take(&mut s.batch))
+        };
+        if let Some(batch) = full {
+            flush_index(repo, batch, state)?;
         }
     }
-    flush(&mut batch, &mut out)?;
-    Ok(out)
+    Ok(())
 }
 
 /// One directory being built: its own node and the children seen so far.

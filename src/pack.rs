@@ -41,17 +41,23 @@ pub struct PackEntry {
     pub raw_length: u32,
 }
 
-/// Compresses (when it pays) and seals one blob.
-pub fn seal_blob(keys: &Keys, raw: &[u8], level: i32) -> Vec<u8> {
-    let mut body = Vec::with_capacity(raw.len() / 2 + 16);
+/// Compresses (when it pays) and seals one blob. The compressor is reused across blobs:
+/// creating a zstd context per chunk costs more than compressing a small one.
+pub fn seal_blob(keys: &Keys, raw: &[u8], zstd: &mut zstd::bulk::Compressor<'_>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(raw.len() + 1);
     body.push(FLAG_ZSTD);
-    let compressed = zstd::stream::copy_encode(raw, &mut body, level).is_ok();
-    // Incompressible data (media, already-compressed files) is stored as is: decompression
-    // costs time on restore and saves nothing.
-    if !compressed || body.len() > raw.len() {
-        body.clear();
-        body.push(FLAG_RAW);
-        body.extend_from_slice(raw);
+    let bound = zstd::zstd_safe::compress_bound(raw.len());
+    body.resize(1 + bound, 0);
+    let compressed = zstd.compress_to_buffer(raw, &mut body[1..]).ok();
+    match compressed {
+        // Incompressible data (media, already-compressed files) is stored as is:
+        // decompressing it would cost time on restore and save nothing.
+        Some(n) if n < raw.len() => body.truncate(1 + n),
+        _ => {
+            body.clear();
+            body.push(FLAG_RAW);
+            body.extend_from_slice(raw);
+        }
     }
     keys.seal(Purpose::Blob, &body)
 }
@@ -202,13 +208,19 @@ mod tests {
     fn pack_round_trip_and_garbage_is_refused() {
         let keys = Keys::from_master(&[1u8; 32]);
         let mut b = PackBuilder::default();
+        let mut z = zstd::bulk::Compressor::new(3).unwrap();
         let raws: Vec<Vec<u8>> = vec![
             vec![0u8; 10000],
             (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(),
         ];
         for r in &raws {
             let id = BlobId(keys.id_of(r));
-            b.add(BlobKind::Data, id, &seal_blob(&keys, r, 3), r.len() as u32);
+            b.add(
+                BlobKind::Data,
+                id,
+                &seal_blob(&keys, r, &mut z),
+                r.len() as u32,
+            );
         }
         let (id, bytes, entries) = b.finish(&keys);
         assert_eq!(id.0, *blake3::hash(&bytes).as_bytes());
