@@ -71,8 +71,9 @@ struct Args {
     /// Measure with a warm page cache (for non-root runs; not comparable).
     #[arg(long)]
     no_drop_caches: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
+    /// Set by `cargo bench`. Without it (as under `cargo test
+    /// --all-targets`, which also runs benches) nothing is measured.
+    #[arg(long)]
     bench: bool,
 }
 
@@ -86,7 +87,15 @@ struct Workspace {
 }
 
 fn main() -> Result<()> {
+    // Re-executed as the measuring launcher (see measure.rs for why).
+    if let Some(request) = measure::launch_request() {
+        return measure::launch(&request);
+    }
     let args = Args::parse();
+    if !args.bench {
+        eprintln!("core: benchmark not run (no --bench); use `cargo bench --bench core`");
+        return Ok(());
+    }
     ensure!(
         args.scale > 0.0 && args.scale <= 4.0,
         "--scale must be in (0, 4]"
@@ -147,6 +156,7 @@ fn main() -> Result<()> {
         drop_caches: runner.drops_caches(),
         machine: machine_summary(),
         versions: tools.iter().map(|t| (t.id(), t.version())).collect(),
+        new_incompressible_bytes: change.media_added_bytes as u64,
     };
     let table = report::render(&ctx, &results);
     println!("{table}");

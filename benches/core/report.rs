@@ -33,6 +33,9 @@ pub struct Context {
     pub drop_caches: bool,
     pub machine: String,
     pub versions: Vec<(ToolId, String)>,
+    /// Size of the random file added before (c): every tool must store it
+    /// whole, so it puts a floor under any tool's bytes added.
+    pub new_incompressible_bytes: u64,
 }
 
 impl Results {
@@ -64,7 +67,7 @@ pub fn render(ctx: &Context, results: &Results) -> String {
     let _ = writeln!(out, "## volguard core benchmark (scale {})\n", ctx.scale);
     write_context(&mut out, ctx);
     write_table(&mut out, results);
-    write_targets(&mut out, results);
+    write_targets(&mut out, ctx, results);
     write_notes(&mut out, results);
     out
 }
@@ -153,9 +156,9 @@ fn mib(bytes: u64) -> String {
 /// A target's verdict: `None` when a tool it needs was not run.
 type Verdict = Option<(bool, String)>;
 
-fn write_targets(out: &mut String, results: &Results) {
+fn write_targets(out: &mut String, ctx: &Context, results: &Results) {
     let _ = writeln!(out, "### Targets\n");
-    let targets: [(&str, Verdict); 6] = [
+    let targets: [(&str, Verdict); 7] = [
         (
             "initial backup >= 2x faster than restic",
             speedup_at_least(results, Scenario::Initial, ToolId::Restic, 2.0),
@@ -170,7 +173,11 @@ fn write_targets(out: &mut String, results: &Results) {
         ),
         (
             "bytes added after the 1% change <= 1/3 of restic's",
-            added_vs_restic(results),
+            added_vs_restic(results, 0),
+        ),
+        (
+            "same, not counting the new random media file both must store whole",
+            added_vs_restic(results, ctx.new_incompressible_bytes),
         ),
         (
             "restore >= 2x faster than restic",
@@ -222,18 +229,26 @@ fn within_of_tar(results: &Results) -> Verdict {
 
 /// Compares repository growth on disk, the number that costs money; the
 /// tools' self-reported figures are listed in the notes.
-fn added_vs_restic(results: &Results) -> Verdict {
+///
+/// `floor` bytes are taken off both sides first. The change adds a random
+/// file that no tool can shrink; when it is large next to restic's total
+/// (100 MiB vs ~290 MiB at scale 1) it alone makes the raw 1/3 target
+/// unreachable, so the verdict without it is what says something about
+/// chunking and compression.
+fn added_vs_restic(results: &Results, floor: u64) -> Verdict {
     let vg = results.get(Scenario::Changed, ToolId::Volguard)?.added?;
     let restic = results.get(Scenario::Changed, ToolId::Restic)?.added?;
+    let (vg, restic) = (vg.saturating_sub(floor), restic.saturating_sub(floor));
     let ratio = vg as f64 / restic.max(1) as f64;
-    Some((
-        3.0 * vg as f64 <= restic as f64,
-        format!(
-            "volguard {} MiB / restic {} MiB = {ratio:.3}, want <= 0.333",
-            mib(vg),
-            mib(restic)
-        ),
-    ))
+    let mut detail = format!(
+        "volguard {} MiB / restic {} MiB = {ratio:.3}, want <= 0.333",
+        mib(vg),
+        mib(restic)
+    );
+    if floor > 0 {
+        let _ = write!(detail, "; {} MiB subtracted from both", mib(floor));
+    }
+    Some((3.0 * vg as f64 <= restic as f64, detail))
 }
 
 fn rss_below_restic(results: &Results) -> Verdict {

@@ -209,7 +209,7 @@ impl Tool for Volguard {
             .arg(&self.data)
             .arg("--name")
             .arg(VOLUME_NAME);
-        let usage = runner.timed(&mut cmd, &name)?;
+        let usage = runner.timed(&cmd, &name)?;
         let stdout = fs::read_to_string(runner.log_path(&name, "out"))?;
         let summary = parse_volguard_summary(&stdout)
             .with_context(|| format!("reading volguard's --json output for {name}"))?;
@@ -228,7 +228,7 @@ impl Tool for Volguard {
             .arg("latest")
             .arg("--target")
             .arg(target);
-        Ok(Run::plain(runner.timed(&mut cmd, "volguard-d-restore")?))
+        Ok(Run::plain(runner.timed(&cmd, "volguard-d-restore")?))
     }
 
     fn restored_root(&self, target: &Path) -> PathBuf {
@@ -323,7 +323,7 @@ impl Tool for Restic {
         cmd.arg("backup")
             .arg(&self.data)
             .args(["--host", "bench", "--json"]);
-        let usage = runner.timed(&mut cmd, &name)?;
+        let usage = runner.timed(&cmd, &name)?;
         let stdout = fs::read_to_string(runner.log_path(&name, "out"))?;
         let summary = parse_restic_summary(&stdout)
             .with_context(|| format!("reading restic's --json output for {name}"))?;
@@ -337,7 +337,7 @@ impl Tool for Restic {
     fn restore(&mut self, runner: &Runner, target: &Path) -> Result<Run> {
         let mut cmd = self.command();
         cmd.args(["restore", "latest", "--target"]).arg(target);
-        Ok(Run::plain(runner.timed(&mut cmd, "restic-d-restore")?))
+        Ok(Run::plain(runner.timed(&cmd, "restic-d-restore")?))
     }
 
     /// restic recreates the backed-up absolute path below the target.
@@ -414,8 +414,7 @@ impl Tool for TarZstd {
         tar.arg("-c").arg("-C").arg(&self.data).arg(".");
         let mut zstd = Command::new("zstd");
         zstd.args(["-3", "-T0", "-q", "-o"]).arg(&archive);
-        let usage =
-            runner.timed_pipeline(&mut tar, &mut zstd, &format!("tar-{}", scenario.tag()))?;
+        let usage = runner.timed_pipeline(&[&tar, &zstd], &format!("tar-{}", scenario.tag()))?;
         self.archives.push(archive);
         Ok(Some(Run::plain(usage)))
     }
@@ -426,7 +425,7 @@ impl Tool for TarZstd {
         zstd.args(["-d", "-c", "-q"]).arg(archive);
         let mut tar = Command::new("tar");
         tar.arg("-x").arg("-C").arg(target);
-        let usage = runner.timed_pipeline(&mut zstd, &mut tar, "tar-d-restore")?;
+        let usage = runner.timed_pipeline(&[&zstd, &tar], "tar-d-restore")?;
         Ok(Run::plain(usage))
     }
 
