@@ -101,8 +101,12 @@ fn main() -> Result<()> {
         "--scale must be in (0, 4]"
     );
     ensure!(!args.tools.is_empty(), "--tools is empty");
-    let mut tool_ids = args.tools.clone();
-    tool_ids.dedup();
+    let mut tool_ids: Vec<ToolId> = Vec::new();
+    for id in &args.tools {
+        if !tool_ids.contains(id) {
+            tool_ids.push(*id);
+        }
+    }
 
     let ws = Workspace::prepare(&args.workdir, args.scale)?;
     let runner = Runner::new(ws.logs.clone(), !args.no_drop_caches)?;
@@ -110,29 +114,14 @@ fn main() -> Result<()> {
     let mut tools = tool_ids
         .iter()
         .map(|&id| {
-            tools::make(
-                id,
-                ws.stores.join(id.label()),
-                ws.data.clone(),
-                volguard.as_deref(),
-            )
+            let store = ws.stores.join(id.label());
+            tools::make(id, store, ws.data.clone(), volguard.as_deref())
         })
         .collect::<Result<Vec<_>>>()?;
 
     let spec = dataset::Spec::at_scale(args.scale);
     let data_desc = generate(&ws, &spec)?;
-    for tool in &mut tools {
-        let label = tool.id().label();
-        tool.init(&runner)
-            .with_context(|| format!("initialising {label}"))?;
-        // A CLI that is still a stub exits 0 without doing anything; say so
-        // plainly instead of failing later on a missing directory.
-        ensure!(
-            tool.storage().is_dir(),
-            "{label} init succeeded but created no repository at {}",
-            tool.storage().display()
-        );
-    }
+    init_tools(&mut tools, &runner)?;
 
     let mut results = Results::new(tool_ids);
     run_backups(Scenario::Initial, &mut tools, &runner, &mut results)?;
@@ -292,6 +281,22 @@ fn generate(ws: &Workspace, spec: &dataset::Spec) -> Result<String> {
         spec.describe(),
         total as f64 / MIB
     ))
+}
+
+fn init_tools(tools: &mut [Box<dyn Tool>], runner: &Runner) -> Result<()> {
+    for tool in tools {
+        let label = tool.id().label();
+        tool.init(runner)
+            .with_context(|| format!("initialising {label}"))?;
+        // A CLI that is still a stub exits 0 without doing anything; say so
+        // plainly instead of failing later on a missing directory.
+        ensure!(
+            tool.storage().is_dir(),
+            "{label} init succeeded but created no repository at {}",
+            tool.storage().display()
+        );
+    }
+    Ok(())
 }
 
 fn run_backups(
