@@ -1,5 +1,21 @@
-//! volguard: encrypted, deduplicated, incremental backups of Docker volumes.
+//! volguard: encrypted, deduplicated, incremental backups of Docker volumes, read straight
+//! from Docker's on-disk state. See DESIGN.md for the data flow; each module names what it owns.
 
+pub mod backend;
+pub mod backup;
+pub mod check;
+pub mod chunk;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod crypto;
+pub mod docker;
+pub mod error;
 pub mod fsmeta;
 pub mod ids;
+pub mod index;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
 pub mod tree;

@@ -69,3 +69,119 @@ pub struct Xattr {
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
+
+/// Largest number of entries accepted in one tree (a crafted tree cannot exhaust memory
+/// beyond what its blob size already bounds, but this keeps the limit explicit).
+pub const MAX_TREE_ENTRIES: usize = 16 * 1024 * 1024;
+
+/// One directory's entries, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serializing a tree cannot fail")
+    }
+
+    /// Decodes and validates a tree from untrusted bytes: every name must be a plain
+    /// single path component and names must be strictly increasing, so a restore can
+    /// never be steered outside its target or onto an entry it created itself.
+    pub fn decode(bytes: &[u8], what: &str) -> crate::error::Result<Tree> {
+        let tree: Tree = postcard::from_bytes(bytes).map_err(|e| {
+            crate::error::Error::corrupt(what, format!("tree does not decode: {e}"))
+        })?;
+        if tree.nodes.len() > MAX_TREE_ENTRIES {
+            return Err(crate::error::Error::corrupt(what, "too many entries"));
+        }
+        let mut prev: Option<&[u8]> = None;
+        for n in &tree.nodes {
+            if let Err(why) = check_name(&n.name) {
+                return Err(crate::error::Error::corrupt(
+                    what,
+                    format!("entry {:?}: {why}", String::from_utf8_lossy(&n.name)),
+                ));
+            }
+            if prev.is_some_and(|p| p >= n.name.as_slice()) {
+                return Err(crate::error::Error::corrupt(
+                    what,
+                    "entries are not strictly sorted (duplicate name?)",
+                ));
+            }
+            if (n.kind == NodeKind::Dir) != n.subtree.is_some() {
+                return Err(crate::error::Error::corrupt(
+                    what,
+                    "subtree present on a non-directory or missing on a directory",
+                ));
+            }
+            prev = Some(&n.name);
+        }
+        Ok(tree)
+    }
+}
+
+/// Why `name` cannot be a single path component, if it cannot.
+pub fn check_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name == b"." || name == b".." {
+        return Err("'.' or '..' as a name");
+    }
+    if name.contains(&b'/') {
+        return Err("name contains '/'");
+    }
+    if name.contains(&0) {
+        return Err("name contains NUL");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &[u8]) -> Node {
+        Node {
+            name: name.to_vec(),
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            ctime_sec: 0,
+            ctime_nsec: 0,
+            inode: 0,
+            size: 0,
+            rdev: 0,
+            xattrs: vec![],
+            link_target: vec![],
+            hardlink: None,
+            content: vec![],
+            extents: None,
+            file_hash: None,
+            subtree: None,
+        }
+    }
+
+    #[test]
+    fn hostile_names_and_order_are_refused() {
+        for bad in [&b".."[..], b".", b"a/b", b"", b"a\0b", b"/etc"] {
+            let t = Tree {
+                nodes: vec![node(bad)],
+            };
+            assert!(Tree::decode(&t.encode(), "t").is_err(), "{bad:?} accepted");
+        }
+        let dup = Tree {
+            nodes: vec![node(b"a"), node(b"a")],
+        };
+        assert!(Tree::decode(&dup.encode(), "t").is_err());
+        let ok = Tree {
+            nodes: vec![node(b"a"), node(b"b\xff")],
+        };
+        assert_eq!(Tree::decode(&ok.encode(), "t").unwrap(), ok);
+        assert!(Tree::decode(&[0xff, 0xff, 0xff], "t").is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! The local-directory backend: one file per object, written crash-safely
+//! (temp file, fsync, rename, fsync of the directory).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{Backend, BackendError, Kind, ObjectInfo};
+
+/// Temp files live inside the repository so the final rename never crosses filesystems.
+const TMP_DIR: &str = "tmp";
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, kind: Kind, name: &str) -> PathBuf {
+        match kind {
+            Kind::Config => self.root.join("config"),
+            // Packs are fanned out by their first byte so no directory grows huge.
+            Kind::Pack if name.len() >= 2 => self.root.join("packs").join(&name[..2]).join(name),
+            _ => self.root.join(kind.dir()).join(name),
+        }
+    }
+
+    fn io(&self, op: &'static str, kind: Kind, name: &str, source: std::io::Error) -> BackendError {
+        if source.kind() == std::io::ErrorKind::NotFound && op != "write" {
+            return BackendError::NotFound {
+                kind,
+                name: name.to_string(),
+                location: self.location(),
+            };
+        }
+        BackendError::Io {
+            op,
+            kind,
+            name: name.to_string(),
+            location: self.location(),
+            source,
+        }
+    }
+
+    fn put_sync(&self, kind: Kind, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let dest = self.path(kind, name);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let tmp = self.root.join(TMP_DIR).join(format!(
+            "{}-{}.tmp",
+            name,
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &dest)?;
+            File::open(&dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn list_sync(&self, kind: Kind) -> std::io::Result<Vec<ObjectInfo>> {
+        let base = self.root.join(kind.dir());
+        let mut out = Vec::new();
+        let mut dirs = vec![base];
+        while let Some(dir) = dirs.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for ent in rd {
+                let ent = ent?;
+                let ft = ent.file_type()?;
+                if ft.is_dir() && kind == Kind::Pack {
+                    dirs.push(ent.path());
+                } else if ft.is_file() {
+                    let name = ent.file_name().to_string_lossy().into_owned();
+                    out.push(ObjectInfo {
+                        name,
+                        size: ent.metadata()?.len(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn exists(&self, kind: Kind, name: &str) -> Result<bool, BackendError> {
+        match fs::symlink_metadata(self.path(kind, name)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.io("stat", kind, name, e)),
+        }
+    }
+
+    async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
+        self.put_sync(kind, name, &data)
+            .map_err(|e| self.io("write", kind, name, e))
+    }
+
+    async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError> {
+        fs::read(self.path(kind, name)).map_err(|e| self.io("read", kind, name, e))
+    }
+
+    async fn get_range(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, BackendError> {
+        let f = File::open(self.path(kind, name)).map_err(|e| self.io("open", kind, name, e))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| self.io("read", kind, name, e))?;
+        Ok(buf)
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError> {
+        self.list_sync(kind)
+            .map_err(|e| self.io("list", kind, "*", e))
+    }
+
+    async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError> {
+        fs::remove_file(self.path(kind, name)).map_err(|e| self.io("delete", kind, name, e))
+    }
+
+    async fn create(&self) -> Result<(), BackendError> {
+        for d in ["keys", "packs", "index", "snapshots", TMP_DIR] {
+            fs::create_dir_all(self.root.join(d))
+                .map_err(|e| self.io("create", Kind::Config, d, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! Where repository objects live: an async byte store keyed by object kind and name.
+//!
+//! The pipeline only ever talks to `dyn Backend`; the local directory store lives in
+//! `local.rs` and the S3 store plugs in beside it. Objects are immutable: `put` of an
+//! existing name must leave the stored bytes as they were or replace them with identical
+//! bytes (names are content hashes), and a reader must never see a partial object.
+
+pub mod local;
+
+use async_trait::async_trait;
+
+/// The kinds of objects a repository holds, each in its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Config,
+    Key,
+    Pack,
+    Index,
+    Snapshot,
+}
+
+impl Kind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Kind::Config => "",
+            Kind::Key => "keys",
+            Kind::Pack => "packs",
+            Kind::Index => "index",
+            Kind::Snapshot => "snapshots",
+        }
+    }
+}
+
+/// One listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Backend failures, phrased so the user knows what, where and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("object {kind:?}/{name} does not exist in {location}")]
+    NotFound {
+        kind: Kind,
+        name: String,
+        location: String,
+    },
+    #[error("{op} {kind:?}/{name} in {location} failed: {source}")]
+    Io {
+        op: &'static str,
+        kind: Kind,
+        name: String,
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+}
+
+impl From<BackendError> for crate::error::Error {
+    fn from(e: BackendError) -> Self {
+        crate::error::Error::Other(e.to_string())
+    }
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Human-readable location, used in messages.
+    fn location(&self) -> String;
+    /// Whether a repository (its `config` object) exists here.
+    async fn exists(&self, kind: Kind, name: &str) -> Result<bool, BackendError>;
+    /// Stores an object durably; returns only once it would survive a crash.
+    async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError>;
+    async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError>;
+    async fn get_range(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, BackendError>;
+    async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError>;
+    async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError>;
+    /// Creates whatever the store needs before the first object (directories, ...).
+    async fn create(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,712 @@
+//! `backup`: turn one directory into a snapshot.
+//!
+//! Threads, joined by bounded channels so memory stays flat whatever the volume size:
+//! the scanner (this thread) walks, reads and chunks files and hashes chunks; workers
+//! compress and seal new blobs; the packer fills packs; the uploader stores packs and
+//! writes index files. The snapshot object is written only after all of that is durable.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use walkdir::WalkDir;
+
+use crate::error::{Error, Result};
+use crate::ids::{BlobId, PackId, SnapshotId};
+use crate::index::{Index, IndexFile, IndexedPack};
+use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
+use crate::repo::Repository;
+use crate::snapshot::{Snapshot, Summary};
+use crate::tree::{Node, NodeKind, Tree};
+use crate::{chunk, fsmeta};
+
+/// Packs uploaded between two index files: a crash loses at most this many packs' worth
+/// of index, and those packs are recovered from their trailers by the next run anyway.
+const INDEX_EVERY_PACKS: usize = 32;
+/// Blobs queued between pipeline stages (each at most one chunk).
+const QUEUE_BLOBS: usize = 16;
+/// Soft-error messages kept verbatim in the snapshot; the rest are only counted.
+const MAX_ERROR_MESSAGES: usize = 1000;
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Volume name (or the `--name` of a `--path` backup).
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub tags: Vec<String>,
+    pub host: String,
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+/// Result of one backup, as `backup --json` reports it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub volume: String,
+    pub snapshot_id: SnapshotId,
+    pub parent: Option<SnapshotId>,
+    pub summary: Summary,
+}
+
+/// A new blob on its way to a pack.
+struct RawBlob {
+    kind: BlobKind,
+    id: BlobId,
+    raw: Vec<u8>,
+}
+
+struct SealedBlob {
+    kind: BlobKind,
+    id: BlobId,
+    sealed: Vec<u8>,
+    raw_length: u32,
+}
+
+struct FinishedPack {
+    id: PackId,
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+#[derive(Default)]
+struct Uploaded {
+    packs: Vec<IndexedPack>,
+    bytes: u64,
+}
+
+/// Backs up `source`, deduplicating against `index`, which is extended with what was added.
+pub fn run(
+    repo: &Repository,
+    index: &mut Index,
+    source: &Source,
+    opts: &Options,
+) -> Result<Report> {
+    let started = Instant::now();
+    let root_meta = std::fs::symlink_metadata(&source.path)
+        .map_err(|e| Error::io("cannot read the directory to back up", &source.path, e))?;
+    if !root_meta.is_dir() {
+        return Err(Error::Other(format!(
+            "{} is not a directory",
+            source.path.display()
+        )));
+    }
+    let parent = find_parent(repo, &source.name, &opts.host)?;
+    let parent_root = match &parent {
+        Some((_, snap)) => snap
+            .root
+            .subtree
+            .and_then(|t| load_parent_tree(repo, index, &t)),
+        None => None,
+    };
+
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let (raw_tx, raw_rx) = bounded::<RawBlob>(QUEUE_BLOBS);
+    let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(QUEUE_BLOBS);
+    let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+
+    let (scan_result, uploaded) = std::thread::scope(|s| {
+        for i in 0..workers {
+            let rx = raw_rx.clone();
+            let tx = sealed_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("seal-{i}"))
+                .spawn_scoped(s, move || seal_worker(repo, rx, tx))
+                .expect("spawning a thread");
+        }
+        drop(raw_rx);
+        drop(sealed_tx);
+        std::thread::Builder::new()
+            .name("packer".into())
+            .spawn_scoped(s, || packer(repo, sealed_rx, pack_tx))
+            .expect("spawning a thread");
+        let uploader = std::thread::Builder::new()
+            .name("uploader".into())
+            .spawn_scoped(s, || uploader(repo, pack_rx))
+            .expect("spawning a thread");
+
+        let mut scanner = Scanner {
+            repo,
+            index,
+            pending: HashSet::new(),
+            tx: raw_tx,
+            summary: Summary::default(),
+            error_count: 0,
+            progress: opts.progress.clone(),
+        };
+        let scan_result = scanner.walk(&source.path, &root_meta, parent_root);
+        let summary = std::mem::take(&mut scanner.summary);
+        let error_count = scanner.error_count;
+        drop(scanner); // closes the channel so the pipeline drains and ends
+        let uploaded = uploader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other("uploader thread panicked".into())));
+        (
+            scan_result.map(|root| (root, summary, error_count)),
+            uploaded,
+        )
+    });
+    // An upload failure explains a scan that stopped early, so it is reported first.
+    let uploaded = uploaded?;
+    let (root, mut summary, error_count) = scan_result?;
+    for p in &uploaded.packs {
+        index.add_pack(p.id, p.size, &p.blobs);
+    }
+    summary.blobs_added = uploaded.packs.iter().map(|p| p.blobs.len() as u64).sum();
+    if error_count > summary.errors.len() as u64 {
+        summary.errors.push(format!(
+            "... and {} more errors",
+            error_count - summary.errors.len() as u64
+        ));
+    }
+    summary.duration_s = started.elapsed().as_secs_f64();
+    let mut snap = Snapshot {
+        version: 1,
+        time: Repository::now(),
+        host: opts.host.clone(),
+        volume: source.name.clone(),
+        source: source.path.display().to_string(),
+        tags: opts.tags.clone(),
+        parent: parent.as_ref().map(|(id, _)| *id),
+        root,
+        summary,
+        program: format!("volguard {}", env!("CARGO_PKG_VERSION")),
+    };
+    // bytes_added must include the snapshot object itself; its size barely depends on
+    // the number written into it, so estimate with the current figures, then correct.
+    snap.summary.bytes_added = uploaded.bytes;
+    let estimate = snap.seal(repo.keys()).1.len() as u64;
+    snap.summary.bytes_added = uploaded.bytes + estimate;
+    let (id, _) = repo.save_snapshot(&snap)?;
+    Ok(Report {
+        volume: source.name.clone(),
+        snapshot_id: id,
+        parent: snap.parent,
+        summary: snap.summary,
+    })
+}
+
+/// The latest snapshot of the same volume from the same host.
+fn find_parent(
+    repo: &Repository,
+    volume: &str,
+    host: &str,
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    let (snaps, _) = repo.list_snapshots()?;
+    Ok(snaps
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.volume == volume && s.host == host))
+}
+
+/// A parent tree that cannot be read only costs the incremental shortcut, never the backup.
+fn load_parent_tree(repo: &Repository, index: &Index, id: &BlobId) -> Option<Tree> {
+    match repo.load_tree(index, id) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("parent snapshot tree unreadable, reading files again: {e}");
+            None
+        }
+    }
+}
+
+fn seal_worker(repo: &Repository, rx: Receiver<RawBlob>, tx: Sender<SealedBlob>) {
+    let level = repo.config().compression_level;
+    for b in rx {
+        let sealed = pack::seal_blob(repo.keys(), &b.raw, level);
+        let msg = SealedBlob {
+            kind: b.kind,
+            id: b.id,
+            sealed,
+            raw_length: b.raw.len() as u32,
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Data and trees go to separate packs, so reading trees (restore planning, check) never
+/// drags file data along.
+fn packer(repo: &Repository, rx: Receiver<SealedBlob>, tx: Sender<FinishedPack>) {
+    let limit = repo.config().pack_bytes as usize;
+    let mut data = PackBuilder::default();
+    let mut trees = PackBuilder::default();
+    let finish = |b: PackBuilder| {
+        let (id, bytes, entries) = b.finish(repo.keys());
+        FinishedPack { id, bytes, entries }
+    };
+    for b in rx {
+        let builder = match b.kind {
+            BlobKind::Data => &mut data,
+            BlobKind::Tree => &mut trees,
+        };
+        builder.add(b.kind, b.id, &b.sealed, b.raw_length);
+        if builder.len() >= limit && tx.send(finish(std::mem::take(builder))).is_err() {
+            return;
+        }
+    }
+    for b in [data, trees] {
+        if !b.is_empty() && tx.send(finish(b)).is_err() {
+            return;
+        }
+    }
+}
+
+fn uploader(repo: &Repository, rx: Receiver<FinishedPack>) -> Result<Uploaded> {
+    let mut out = Uploaded::default();
+    let mut batch: Vec<IndexedPack> = Vec::new();
+    let flush = |batch: &mut Vec<IndexedPack>, out: &mut Uploaded| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let file = IndexFile {
+            packs: std::mem::take(batch),
+        };
+        let (_, n) = repo.save_index(&file)?;
+        out.bytes += n;
+        out.packs.extend(file.packs);
+        Ok(())
+    };
+    for p in rx {
+        let size = p.bytes.len() as u64;
+        let span = tracing::debug_span!("pack", id = %p.id.short(), size);
+        let _g = span.enter();
+        repo.block_on(
+            repo.backend()
+                .put(crate::backend::Kind::Pack, &p.id.to_hex(), p.bytes),
+        )?;
+        out.bytes += size;
+        batch.push(IndexedPack {
+            id: p.id,
+            size,
+            blobs: p.entries,
+        });
+        if batch.len() >= INDEX_EVERY_PACKS {
+            flush(&mut batch, &mut out)?;
+        }
+    }
+    flush(&mut batch, &mut out)?;
+    Ok(out)
+}
+
+/// One directory being built: its own node and the children seen so far.
+struct Frame {
+    node: Node,
+    children: Vec<Node>,
+    /// The same directory in the parent snapshot, for the unchanged-file shortcut.
+    parent: Option<Tree>,
+}
+
+struct Scanner<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    /// Blobs sent into the pipeline during this run.
+    pending: HashSet<BlobId>,
+    tx: Sender<RawBlob>,
+    summary: Summary,
+    error_count: u64,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+/// A problem with one file that is recorded and skipped.
+struct SoftError(String);
+
+fn pipeline_closed() -> Error {
+    Error::Other("the upload pipeline stopped".into())
+}
+
+impl Scanner<'_> {
+    fn soft_error(&mut self, path: &Path, msg: impl std::fmt::Display) {
+        let line = format!("{}: {msg}", path.display());
+        tracing::warn!("{line}");
+        self.error_count += 1;
+        if self.summary.errors.len() < MAX_ERROR_MESSAGES {
+            self.summary.errors.push(line);
+        }
+    }
+
+    fn known(&self, id: &BlobId) -> bool {
+        self.index.contains(id) || self.pending.contains(id)
+    }
+
+    /// Queues a blob unless the repository already has it or it is already on its way.
+    fn store(&mut self, kind: BlobKind, raw: Vec<u8>) -> Result<BlobId> {
+        let id = BlobId(self.repo.keys().id_of(&raw));
+        if !self.known(&id) {
+            self.pending.insert(id);
+            self.tx
+                .send(RawBlob { kind, id, raw })
+                .map_err(|_| pipeline_closed())?;
+        }
+        Ok(id)
+    }
+
+    /// Walks the tree in name order and returns the root directory's node.
+    fn walk(
+        &mut self,
+        root: &Path,
+        root_meta: &std::fs::Metadata,
+        parent_root: Option<Tree>,
+    ) -> Result<Node> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let walker = WalkDir::new(root)
+            .follow_links(false)
+            .same_file_system(true)
+            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        for entry in walker {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let path = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| root.to_path_buf());
+                    if e.depth() == 0 {
+                        return Err(Error::io(
+                            "cannot read",
+                            path,
+                            io::Error::other(e.to_string()),
+                        ));
+                    }
+                    self.soft_error(&path, format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let depth = entry.depth();
+            while stack.len() > depth {
+                self.finish_dir(&mut stack)?;
+            }
+            let path = entry.path();
+            let meta = if depth == 0 {
+                root_meta.clone()
+            } else {
+                match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.soft_error(path, format!("cannot stat: {e}"));
+                        continue;
+                    }
+                }
+            };
+            let name = if depth == 0 {
+                b"/".to_vec()
+            } else {
+                entry.file_name().as_bytes().to_vec()
+            };
+            let mut node = match fsmeta::read_node(path, &name, &meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.soft_error(path, format!("cannot read metadata: {e}"));
+                    continue;
+                }
+            };
+            if node.kind == NodeKind::Dir {
+                let parent = if depth == 0 {
+                    parent_root.clone()
+                } else {
+                    self.parent_subtree(stack.last(), &node.name)
+                };
+                self.summary.dirs += 1;
+                stack.push(Frame {
+                    node,
+                    children: Vec::new(),
+                    parent,
+                });
+                continue;
+            }
+            let Some(top) = stack.last_mut() else {
+                return Err(Error::Other(format!(
+                    "{} is not a directory",
+                    root.display()
+                )));
+            };
+            let prev = top.parent.as_ref().and_then(|t| {
+                t.nodes
+                    .binary_search_by(|n| n.name.as_slice().cmp(&node.name))
+                    .ok()
+                    .map(|i| t.nodes[i].clone())
+            });
+            if node.kind == NodeKind::File {
+                match self.file_content(path, &meta, &mut node, prev.as_ref()) {
+                    Ok(()) => {}
+                    Err(SoftError(msg)) => {
+                        self.soft_error(path, msg);
+                        continue;
+                    }
+                }
+                self.summary.files += 1;
+                self.summary.total_bytes += node.size;
+            } else {
+                self.summary.others += 1;
+            }
+            if let Some(top) = stack.last_mut() {
+                top.children.push(node);
+            }
+        }
+        while stack.len() > 1 {
+            self.finish_dir(&mut stack)?;
+        }
+        let mut root_frame = stack
+            .pop()
+            .ok_or_else(|| Error::Other("walk produced no root".into()))?;
+        root_frame.node.subtree = Some(self.store_tree(std::mem::take(&mut root_frame.children))?);
+        Ok(root_frame.node)
+    }
+
+    fn parent_subtree(&self, top: Option<&Frame>, name: &[u8]) -> Option<Tree> {
+        let t = top?.parent.as_ref()?;
+        let i = t
+            .nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name))
+            .ok()?;
+        let sub = t.nodes[i].subtree?;
+        load_parent_tree(self.repo, self.index, &sub)
+    }
+
+    fn store_tree(&mut self, nodes: Vec<Node>) -> Result<BlobId> {
+        let bytes = Tree { nodes }.encode();
+        self.store(BlobKind::Tree, bytes)
+    }
+
+    fn finish_dir(&mut self, stack: &mut Vec<Frame>) -> Result<()> {
+        let Some(mut frame) = stack.pop() else {
+            return Ok(());
+        };
+        frame.node.subtree = Some(self.store_tree(frame.children)?);
+        if let Some(top) = stack.last_mut() {
+            top.children.push(frame.node);
+        }
+        Ok(())
+    }
+
+    /// Fills a file node's content, reusing the parent's when the file is unchanged.
+    fn file_content(
+        &mut self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        node: &mut Node,
+        prev: Option<&Node>,
+    ) -> Result<(), SoftError> {
+        if let Some(p) = prev
+            && unchanged(p, node)
+            && p.content.iter().all(|c| self.known(c))
+        {
+            node.content = p.content.clone();
+            node.extents = p.extents.clone();
+            node.file_hash = p.file_hash;
+            self.summary.files_unmodified += 1;
+            return Ok(());
+        }
+        if prev.is_some_and(|p| p.kind == NodeKind::File) {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
+        // A file that changes while it is read is read once more; if it changes again it is
+        // left out rather than stored in a state that never existed on disk.
+        let mut last = String::new();
+        for _attempt in 0..2 {
+            match self.read_file(path, meta, node) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    last = "changed while being read (twice); not included in this snapshot".into()
+                }
+                Err(ReadError::Soft(e)) => return Err(SoftError(e)),
+                Err(ReadError::Hard(e)) => return Err(SoftError(e.to_string())),
+            }
+        }
+        Err(SoftError(last))
+    }
+
+    /// Reads and chunks one file. `Ok(false)` means it changed while being read.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        before: &std::fs::Metadata,
+        node: &mut Node,
+    ) -> Result<bool, ReadError> {
+        let file =
+            open_for_backup(path).map_err(|e| ReadError::Soft(format!("cannot open: {e}")))?;
+        let opened = file
+            .metadata()
+            .map_err(|e| ReadError::Soft(format!("cannot stat: {e}")))?;
+        if !opened.is_file() || opened.ino() != before.ino() {
+            return Ok(false);
+        }
+        let extents = fsmeta::data_extents(&file, &opened)
+            .map_err(|e| ReadError::Soft(format!("cannot map holes: {e}")))?;
+        let size = opened.len();
+        let mut reader = ExtentReader::new(&file, size, extents.clone());
+        let params = self.repo.config().chunker;
+        let seed = self.repo.keys().chunker_seed;
+        let mut content = Vec::new();
+        let mut read_err = None;
+        {
+            let mut tee = TeeHasher {
+                inner: &mut reader,
+                bytes: 0,
+            };
+            for c in chunk::chunks(&mut tee, params, seed) {
+                match c {
+                    Ok(data) => {
+                        if let Some(p) = &self.progress {
+                            p.inc(data.len() as u64);
+                        }
+                        content.push(self.store(BlobKind::Data, data).map_err(ReadError::Hard)?);
+                    }
+                    Err(e) => {
+                        read_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            self.summary.bytes_read += tee.bytes;
+        }
+        if let Some(e) = read_err {
+            return Err(ReadError::Soft(format!("read failed: {e}")));
+        }
+        let after = file
+            .metadata()
+            .map_err(|e| ReadError::Soft(format!("cannot stat: {e}")))?;
+        if after.len() != size
+            || after.len() != before.len()
+            || after.mtime() != before.mtime()
+            || after.mtime_nsec() != before.mtime_nsec()
+            || after.ctime() != before.ctime()
+            || after.ctime_nsec() != before.ctime_nsec()
+        {
+            return Ok(false);
+        }
+        node.size = size;
+        node.content = content;
+        node.extents = extents;
+        node.file_hash = Some(reader.finish_hash());
+        Ok(true)
+    }
+}
+
+enum ReadError {
+    Soft(String),
+    Hard(Error),
+}
+
+fn unchanged(prev: &Node, now: &Node) -> bool {
+    prev.kind == NodeKind::File
+        && prev.size == now.size
+        && prev.mtime_sec == now.mtime_sec
+        && prev.mtime_nsec == now.mtime_nsec
+        && prev.ctime_sec == now.ctime_sec
+        && prev.ctime_nsec == now.ctime_nsec
+        && prev.inode == now.inode
+}
+
+/// Opens without following symlinks, without blocking on a FIFO swapped in after the
+/// walk looked, and without updating atime (which would change ctime-free state users see).
+fn open_for_backup(path: &Path) -> io::Result<File> {
+    let base = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(base | libc::O_NOATIME)
+        .open(path)
+    {
+        // O_NOATIME is refused for files we do not own without CAP_FOWNER.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(base)
+            .open(path),
+        r => r,
+    }
+}
+
+/// Counts bytes actually read from disk.
+struct TeeHasher<'a, R> {
+    inner: &'a mut R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for TeeHasher<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads the data extents of a file back to back (holes skipped) while hashing the whole
+/// logical content (holes as zeros) for the snapshot's plain BLAKE3.
+struct ExtentReader<'a> {
+    file: &'a File,
+    size: u64,
+    extents: Vec<(u64, u64)>,
+    current: usize,
+    pos_in_extent: u64,
+    /// Logical offset up to which the hasher has been fed.
+    hashed_to: u64,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> ExtentReader<'a> {
+    fn new(file: &'a File, size: u64, extents: Option<Vec<(u64, u64)>>) -> Self {
+        ExtentReader {
+            file,
+            size,
+            extents: extents.unwrap_or_else(|| vec![(0, size)]),
+            current: 0,
+            pos_in_extent: 0,
+            hashed_to: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn hash_zeros_to(&mut self, offset: u64) {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while self.hashed_to < offset {
+            let n = (offset - self.hashed_to).min(ZEROS.len() as u64) as usize;
+            self.hasher.update(&ZEROS[..n]);
+            self.hashed_to += n as u64;
+        }
+    }
+
+    fn finish_hash(mut self) -> [u8; 32] {
+        self.hash_zeros_to(self.size);
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
+impl Read for ExtentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(&(start, len)) = self.extents.get(self.current) {
+            let len = len.min(self.size.saturating_sub(start));
+            if self.pos_in_extent >= len {
+                self.current += 1;
+                self.pos_in_extent = 0;
+                continue;
+            }
+            let offset = start + self.pos_in_extent;
+            self.hash_zeros_to(offset);
+            let want = ((len - self.pos_in_extent) as usize).min(buf.len());
+            let n = self.file.read_at(&mut buf[..want], offset)?;
+            if n == 0 {
+                // Shrunk under us: stop here; the size check after reading notices.
+                self.current = self.extents.len();
+                break;
+            }
+            self.hasher.update(&buf[..n]);
+            self.hashed_to = offset + n as u64;
+            self.pos_in_extent += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}

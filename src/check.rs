@@ -1,0 +1,268 @@
+//! `check`: prove the repository is whole, and when it is not, name exactly which objects,
+//! snapshots and files are affected.
+//!
+//! Structure: every index entry points into a pack that exists, every snapshot's trees
+//! decode and every chunk they name is indexed. With `--read-data`: every pack is read,
+//! its trailer compared with the index, and every blob decrypted and re-hashed.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use crate::backend::Kind;
+use crate::error::Result;
+use crate::ids::{BlobId, PackId};
+use crate::index::{BlobLoc, Index};
+use crate::pack;
+use crate::repo::Repository;
+use crate::tree::NodeKind;
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub packs: usize,
+    pub blobs: usize,
+    pub snapshots: usize,
+    pub packs_read: usize,
+    pub blobs_verified: usize,
+    /// Problems that make data unrestorable or the repository inconsistent.
+    pub errors: Vec<String>,
+    /// Harmless findings (for example packs left by an interrupted backup).
+    pub warnings: Vec<String>,
+}
+
+pub fn run(
+    repo: &Repository,
+    read_data: bool,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let (index, index_problems) = repo.load_index()?;
+    report.errors.extend(index_problems);
+    let stored: HashMap<PackId, u64> = repo
+        .block_on(repo.backend().list(Kind::Pack))?
+        .into_iter()
+        .filter_map(|o| PackId::from_hex(&o.name).map(|id| (id, o.size)))
+        .collect();
+    report.packs = stored.len();
+    report.blobs = index.blob_count();
+
+    let mut by_pack: HashMap<PackId, Vec<(BlobId, BlobLoc)>> = HashMap::new();
+    for (blob, pack, loc) in index.iter() {
+        by_pack.entry(pack).or_default().push((*blob, *loc));
+    }
+    let blobs_of = |p: &PackId| by_pack.get(p).map(Vec::as_slice).unwrap_or_default();
+    let mut bad: HashSet<BlobId> = HashSet::new();
+    for (id, size) in index.packs() {
+        match stored.get(id) {
+            None => {
+                report.errors.push(format!(
+                    "packs/{id}: listed in the index but missing from storage"
+                ));
+                bad.extend(blobs_of(id).iter().map(|(b, _)| *b));
+            }
+            Some(s) if s != size => {
+                report.errors.push(format!(
+                    "packs/{id}: {s} bytes stored, the index says {size} (truncated or replaced)"
+                ));
+                bad.extend(blobs_of(id).iter().map(|(b, _)| *b));
+            }
+            Some(_) => {}
+        }
+    }
+    for id in stored.keys() {
+        if !index.has_pack(id) {
+            report.warnings.push(format!(
+                "packs/{id}: not in any index (left by an interrupted backup; the next backup indexes it)"
+            ));
+        }
+    }
+
+    if read_data {
+        if let Some(p) = progress {
+            p.set_length(stored.values().sum());
+        }
+        for (id, size) in &stored {
+            if index.has_pack(id) {
+                read_pack(repo, &index, id, *size, blobs_of(id), &mut bad, &mut report);
+            }
+            if let Some(p) = progress {
+                p.inc(*size);
+            }
+        }
+    }
+
+    let (snapshots, snap_problems) = repo.list_snapshots()?;
+    report.errors.extend(snap_problems);
+    report.snapshots = snapshots.len();
+    let mut trees = TreeChecker {
+        repo,
+        index: &index,
+        bad: &bad,
+        memo: HashMap::new(),
+    };
+    for (sid, snap) in &snapshots {
+        let Some(root) = snap.root.subtree else {
+            continue;
+        };
+        let problems = trees.check(&root);
+        for p in problems.iter() {
+            let path = if p.path.is_empty() {
+                "/".to_string()
+            } else {
+                format!("/{}", p.path)
+            };
+            report.errors.push(format!(
+                "snapshot {} ({} {}): {path}: {}",
+                sid.short(),
+                snap.volume,
+                snap.time,
+                p.what
+            ));
+        }
+    }
+    Ok(report)
+}
+
+fn read_pack(
+    repo: &Repository,
+    index: &Index,
+    id: &PackId,
+    size: u64,
+    blobs: &[(BlobId, BlobLoc)],
+    bad: &mut HashSet<BlobId>,
+    report: &mut CheckReport,
+) {
+    let what = format!("packs/{id}");
+    let bytes = match repo.block_on(repo.backend().get(Kind::Pack, &id.to_hex())) {
+        Ok(b) => b,
+        Err(e) => {
+            report.errors.push(format!("{what}: cannot read: {e}"));
+            bad.extend(blobs.iter().map(|(b, _)| *b));
+            return;
+        }
+    };
+    report.packs_read += 1;
+    if bytes.len() as u64 != size {
+        report.errors.push(format!(
+            "{what}: read {} bytes, listed as {size}",
+            bytes.len()
+        ));
+    }
+    if *blake3::hash(&bytes).as_bytes() != id.0 {
+        report.errors.push(format!(
+            "{what}: content does not match its name (bit rot or tampering)"
+        ));
+    }
+    match pack::parse_pack(repo.keys(), &bytes, &what) {
+        Ok(entries) => {
+            for e in &entries {
+                match index.get(&e.id) {
+                    Some((p, loc))
+                        if p == *id && (loc.offset != e.offset || loc.length != e.length) =>
+                    {
+                        report.errors.push(format!(
+                            "{what}: blob {} is at a different place than the index says",
+                            e.id.short()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => report
+            .errors
+            .push(format!("{what}: trailer unreadable: {e}")),
+    }
+    // Verify each blob where the index says it is: that is what restores will read.
+    for (blob, loc) in blobs {
+        let start = loc.offset as usize;
+        let end = start + loc.length as usize;
+        let ok = end <= bytes.len()
+            && pack::open_blob(repo.keys(), &bytes[start..end], blob, loc.raw_length).is_ok();
+        if ok {
+            report.blobs_verified += 1;
+        } else {
+            report.errors.push(format!(
+                "{what}: blob {} fails decryption or its hash",
+                blob.short()
+            ));
+            bad.insert(*blob);
+        }
+    }
+}
+
+struct Problem {
+    path: String,
+    what: String,
+}
+
+/// Walks trees once each (memoized), collecting problems with paths relative to the tree.
+struct TreeChecker<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    bad: &'a HashSet<BlobId>,
+    memo: HashMap<BlobId, Rc<Vec<Problem>>>,
+}
+
+impl TreeChecker<'_> {
+    fn check(&mut self, id: &BlobId) -> Rc<Vec<Problem>> {
+        if let Some(p) = self.memo.get(id) {
+            return p.clone();
+        }
+        let mut problems = Vec::new();
+        let tree = if self.bad.contains(id) {
+            Err(format!(
+                "directory listing (tree {}) is damaged",
+                id.short()
+            ))
+        } else {
+            self.repo
+                .load_tree(self.index, id)
+                .map_err(|e| format!("directory listing unreadable: {e}"))
+        };
+        match tree {
+            Err(what) => problems.push(Problem {
+                path: String::new(),
+                what,
+            }),
+            Ok(tree) => {
+                for node in &tree.nodes {
+                    let name = String::from_utf8_lossy(&node.name).into_owned();
+                    if node.kind == NodeKind::Dir {
+                        if let Some(sub) = &node.subtree {
+                            for p in self.check(sub).iter() {
+                                let path = if p.path.is_empty() {
+                                    name.clone()
+                                } else {
+                                    format!("{name}/{}", p.path)
+                                };
+                                problems.push(Problem {
+                                    path,
+                                    what: p.what.clone(),
+                                });
+                            }
+                        }
+                        continue;
+                    }
+                    let missing = node
+                        .content
+                        .iter()
+                        .filter(|c| !self.index.contains(c))
+                        .count();
+                    let damaged = node.content.iter().filter(|c| self.bad.contains(c)).count();
+                    if missing > 0 || damaged > 0 {
+                        problems.push(Problem {
+                            path: name,
+                            what: format!(
+                                "file content incomplete: {missing} chunk(s) missing, {damaged} damaged of {}",
+                                node.content.len()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let rc = Rc::new(problems);
+        self.memo.insert(*id, rc.clone());
+        rc
+    }
+}

@@ -1,0 +1,140 @@
+//! Command-line types (clap derive only); names and flags follow DESIGN §8.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volguard",
+    version,
+    about = "Encrypted, deduplicated, incremental backups of Docker volumes"
+)]
+pub struct Cli {
+    /// Configuration file; a missing file means defaults.
+    #[arg(
+        long,
+        global = true,
+        env = "VOLGUARD_CONFIG",
+        default_value = "/etc/volguard/config.toml"
+    )]
+    pub config: PathBuf,
+    /// Repository: a path, file:///path, or s3://bucket[/prefix]. Default: the embedded local
+    /// repository /var/lib/volguard/repo.
+    #[arg(long, global = true, env = "VOLGUARD_REPO")]
+    pub repo: Option<String>,
+    /// File holding the repository key (mode 0600). Passwords come from VOLGUARD_PASSWORD or
+    /// VOLGUARD_PASSWORD_FILE, never from the command line.
+    #[arg(long, global = true, env = "VOLGUARD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Docker's data root (default: data-root from /etc/docker/daemon.json, else /var/lib/docker).
+    #[arg(long, global = true)]
+    pub docker_root: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More diagnostics on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up volumes (or any directory) as snapshots.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// Restore a snapshot to a directory, into a Docker volume, or as a tar stream.
+    Restore(RestoreArgs),
+    /// Write a snapshot as a tar stream on stdout.
+    Export(ExportArgs),
+    /// Verify the repository's structure, and with --read-data every byte of it.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// How the repository coexists with bucket retention. Only `none` exists so far.
+    #[arg(long, default_value = "none")]
+    pub retention_mode: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Docker volumes to back up.
+    pub volumes: Vec<String>,
+    /// Back up every Docker volume.
+    #[arg(long, conflicts_with_all = ["volumes", "path"])]
+    pub all: bool,
+    /// Back up any directory instead of a volume (needs --name).
+    #[arg(long, requires = "name", conflicts_with = "volumes")]
+    pub path: Option<PathBuf>,
+    /// Snapshot name for --path.
+    #[arg(long, requires = "path")]
+    pub name: Option<String>,
+    /// Tag to attach to the snapshots (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[arg(long)]
+    pub volume: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Volume (or --name) whose snapshot to restore.
+    pub volume: String,
+    /// Snapshot id (or a unique prefix), or `latest`.
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// Restore into this directory (must not exist or be empty).
+    #[arg(long, group = "dest")]
+    pub target: Option<PathBuf>,
+    /// Restore into this Docker volume (created if missing), replacing its content at once.
+    #[arg(long, group = "dest")]
+    pub into_volume: Option<String>,
+    /// Write a tar stream to this file, or `-` for stdout.
+    #[arg(long, group = "dest")]
+    pub to_tar: Option<String>,
+    /// Only paths matching this glob (repeatable; paths are relative to the volume).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip paths matching this glob (repeatable).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Re-read every restored file and compare it with the snapshot's BLAKE3.
+    #[arg(long)]
+    pub verify: bool,
+    /// Show what would be restored, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Restore into a volume even while a running container mounts it.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub volume: String,
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also read, decrypt and re-hash every blob.
+    #[arg(long)]
+    pub read_data: bool,
+}

@@ -1,0 +1,645 @@
+//! Command handlers: resolve settings, open the repository, run the library operation,
+//! print the result (text or `--json`) and decide the exit code.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::backend::Backend;
+use crate::cli::{
+    BackupArgs, CheckArgs, Cli, Command, ExportArgs, InitArgs, RestoreArgs, SnapshotsArgs,
+};
+use crate::config::{self, FileConfig};
+use crate::crypto::Secret;
+use crate::error::{Error, Result, exit};
+use crate::index::Index;
+use crate::repo::{self, Location, Repository};
+use crate::restore::{Filter, RestoreOptions};
+use crate::{backup, check, docker, restore};
+
+/// Everything a command needs besides its own arguments.
+struct Ctx {
+    json: bool,
+    quiet: bool,
+    file: FileConfig,
+    location: Location,
+    /// True when no repository was configured and the embedded default is in use.
+    embedded: bool,
+    key_file: Option<PathBuf>,
+    docker_root: PathBuf,
+    host: String,
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    let file = FileConfig::load(&cli.config)?;
+    let (location, embedded) = match cli.repo.as_deref().or(file.repository.as_deref()) {
+        Some(r) => (Location::parse(r)?, false),
+        None => (Location::Local(config::default_repo()), true),
+    };
+    let docker_root = docker::data_root(cli.docker_root.as_deref().or(file.docker_root.as_deref()));
+    let host = file.host.clone().unwrap_or_else(repo::hostname);
+    let ctx = Ctx {
+        json: cli.json,
+        quiet: cli.quiet,
+        key_file: cli.key_file.clone(),
+        file,
+        location,
+        embedded,
+        docker_root,
+        host,
+    };
+    match cli.command {
+        Command::Init(a) => init(&ctx, &a),
+        Command::Backup(a) => backup_cmd(&ctx, &a),
+        Command::Snapshots(a) => snapshots(&ctx, &a),
+        Command::Restore(a) => restore_cmd(&ctx, &a),
+        Command::Export(a) => export(&ctx, &a),
+        Command::Check(a) => check_cmd(&ctx, &a),
+    }
+}
+
+impl Ctx {
+    fn secret(&self) -> Result<Option<Secret>> {
+        config::secret(self.key_file.as_deref(), &self.file)
+    }
+
+    fn backend(&self) -> Result<Arc<dyn Backend>> {
+        self.location.backend()
+    }
+
+    /// Opens the repository; the embedded default is created on first use.
+    fn open(&self) -> Result<Repository> {
+        let backend = self.backend()?;
+        if self.embedded && self.secret()?.is_none() {
+            return self.open_embedded(backend);
+        }
+        let secret = self
+            .secret()?
+            .ok_or_else(|| no_secret(&backend.location()))?;
+        Repository::open(backend, &secret)
+    }
+
+    fn open_embedded(&self, backend: Arc<dyn Backend>) -> Result<Repository> {
+        let key_path = config::default_key_file();
+        // The embedded repository is always a local directory.
+        let repo_missing = !config::default_repo().join("config").exists();
+        if !repo_missing {
+            let secret = Secret::KeyFile(config::read_secret_file(&key_path, "key file")?);
+            return Repository::open(backend, &secret);
+        }
+        if !key_path.exists() {
+            create_key_file(&key_path)?;
+        }
+        let secret = Secret::KeyFile(config::read_secret_file(&key_path, "key file")?);
+        let repo = Repository::init(backend, &secret, repo::DEFAULT_CHUNKER)?;
+        eprintln!(
+            "volguard: created the repository {} with its key in {}.\n\
+             volguard: keep a copy of that key somewhere else: losing it loses every backup.",
+            repo.location(),
+            key_path.display()
+        );
+        Ok(repo)
+    }
+
+    fn progress(&self, len: Option<u64>, what: &str) -> Option<indicatif::ProgressBar> {
+        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let pb = match len {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        pb.set_style(style);
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        Some(pb)
+    }
+}
+
+fn no_secret(location: &str) -> Error {
+    Error::Other(format!(
+        "no key for repository {location}: pass --key-file FILE, or set VOLGUARD_PASSWORD_FILE (or key_file in the config file)"
+    ))
+}
+
+fn create_key_file(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("cannot create key directory", dir, e))?;
+    }
+    let key = hex::encode(crate::crypto::random_master());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("cannot create key file", path, e))?;
+    f.write_all(key.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("cannot write key file", path, e))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
+    if a.retention_mode != "none" {
+        return Err(Error::Usage(format!(
+            "--retention-mode {} is not available in this version; only `none` is",
+            a.retention_mode
+        )));
+    }
+    let backend = ctx.backend()?;
+    let secret = match ctx.secret()? {
+        Some(s) => s,
+        None if ctx.embedded => {
+            let p = config::default_key_file();
+            if !p.exists() {
+                create_key_file(&p)?;
+            }
+            Secret::KeyFile(config::read_secret_file(&p, "key file")?)
+        }
+        None => return Err(no_secret(&backend.location())),
+    };
+    let repo = Repository::init(backend, &secret, repo::DEFAULT_CHUNKER)?;
+    if ctx.json {
+        print_json(&json!({"repository": repo.location(), "id": repo.config().id}));
+    } else {
+        println!(
+            "created repository {} (id {})",
+            repo.location(),
+            repo.config().id
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
+    let sources: Vec<backup::Source> = if let Some(path) = &a.path {
+        let name = a.name.clone().unwrap_or_default();
+        vec![backup::Source {
+            name,
+            path: path.clone(),
+        }]
+    } else if a.all {
+        docker::list_volumes(&ctx.docker_root)?
+            .into_iter()
+            .map(|v| backup::Source {
+                path: docker::volume_dir(&ctx.docker_root, &v).join("_data"),
+                name: v,
+            })
+            .collect()
+    } else if a.volumes.is_empty() {
+        return Err(Error::Usage(
+            "name volumes to back up, or use --all or --path DIR --name NAME".into(),
+        ));
+    } else {
+        a.volumes
+            .iter()
+            .map(|v| {
+                Ok(backup::Source {
+                    path: docker::volume_data(&ctx.docker_root, v)?,
+                    name: v.clone(),
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let repo = ctx.open()?;
+    let mut index = load_index_for_write(&repo)?;
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    for src in &sources {
+        let opts = backup::Options {
+            tags: a.tags.clone(),
+            host: ctx.host.clone(),
+            progress: ctx.progress(None, &src.name),
+        };
+        let span = tracing::info_span!("backup", volume = %src.name);
+        let _g = span.enter();
+        let result = backup::run(&repo, &mut index, src, &opts);
+        if let Some(p) = &opts.progress {
+            p.finish_and_clear();
+        }
+        match result {
+            Ok(r) => reports.push(r),
+            // `--all` races with `docker volume rm`: a volume that vanished was not lost.
+            Err(Error::Io { source, .. })
+                if a.all && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::warn!(
+                    "volume {} was removed while backing up --all; skipped",
+                    src.name
+                );
+            }
+            Err(e) => {
+                tracing::error!("backup of {} failed: {e}", src.name);
+                failures.push((src.name.clone(), e.to_string()));
+            }
+        }
+    }
+    let soft = reports.iter().any(|r| !r.summary.errors.is_empty());
+    if ctx.json {
+        let snaps: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                let s = &r.summary;
+                json!({
+                    "volume": r.volume,
+                    "snapshot_id": r.snapshot_id.to_hex(),
+                    "parent": r.parent.map(|p| p.to_hex()),
+                    "files": s.files,
+                    "files_new": s.files_new,
+                    "files_changed": s.files_changed,
+                    "files_unmodified": s.files_unmodified,
+                    "total_bytes": s.total_bytes,
+                    "bytes_read": s.bytes_read,
+                    "bytes_added": s.bytes_added,
+                    "duration_s": s.duration_s,
+                    "errors": s.errors,
+                })
+            })
+            .collect();
+        let failed: Vec<_> = failures
+            .iter()
+            .map(|(v, e)| json!({"volume": v, "error": e}))
+            .collect();
+        print_json(&json!({"snapshots": snaps, "failed": failed}));
+    } else {
+        for r in &reports {
+            let s = &r.summary;
+            println!(
+                "{}: snapshot {} — {} files ({} new, {} changed, {} unmodified), {} read, {} added, {:.1}s{}",
+                r.volume,
+                r.snapshot_id.short(),
+                s.files,
+                s.files_new,
+                s.files_changed,
+                s.files_unmodified,
+                human_bytes(s.bytes_read),
+                human_bytes(s.bytes_added),
+                s.duration_s,
+                if s.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} errors (files skipped, listed above)", s.errors.len())
+                }
+            );
+        }
+        for (v, e) in &failures {
+            println!("{v}: FAILED: {e}");
+        }
+        if sources.is_empty() {
+            println!(
+                "no Docker volumes found under {}/volumes",
+                ctx.docker_root.display()
+            );
+        }
+    }
+    Ok(if !failures.is_empty() {
+        exit::ERROR
+    } else if soft {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
+}
+
+/// Loads the index, indexing packs an interrupted run left behind so they are reused.
+fn load_index_for_write(repo: &Repository) -> Result<Index> {
+    let (mut index, problems) = repo.load_index()?;
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    let recovered = repo.recover_unindexed(&mut index)?;
+    if recovered > 0 {
+        tracing::info!(
+            "indexed {recovered} pack(s) left by an interrupted backup; their data is reused"
+        );
+    }
+    Ok(index)
+}
+
+fn load_index_for_read(repo: &Repository) -> Result<Index> {
+    let (index, problems) = repo.load_index()?;
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    Ok(index)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (all, problems) = repo.list_snapshots()?;
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    let shown: Vec<_> = all
+        .iter()
+        .filter(|(_, s)| a.volume.as_ref().is_none_or(|v| &s.volume == v))
+        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h))
+        .collect();
+    if ctx.json {
+        let v: Vec<_> = shown
+            .iter()
+            .map(|(id, s)| {
+                json!({
+                    "id": id.to_hex(), "time": s.time, "host": s.host, "volume": s.volume,
+                    "source": s.source, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()),
+                    "files": s.summary.files, "total_bytes": s.summary.total_bytes,
+                    "bytes_added": s.summary.bytes_added, "errors": s.summary.errors.len(),
+                })
+            })
+            .collect();
+        print_json(&json!({ "snapshots": v }));
+    } else {
+        println!(
+            "{:<10} {:<21} {:<16} {:<24} {:>8} {:>10}",
+            "ID", "TIME", "HOST", "VOLUME", "FILES", "SIZE"
+        );
+        for (id, s) in &shown {
+            println!(
+                "{:<10} {:<21} {:<16} {:<24} {:>8} {:>10}",
+                id.short(),
+                s.time.get(..19).unwrap_or(&s.time),
+                s.host,
+                s.volume,
+                s.summary.files,
+                human_bytes(s.summary.total_bytes)
+            );
+        }
+        println!("{} snapshot(s)", shown.len());
+    }
+    Ok(if problems.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}
+
+fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
+    let filter = Filter::new(&a.include, &a.exclude)?;
+    if a.target.is_none() && a.into_volume.is_none() && a.to_tar.is_none() {
+        return Err(Error::Usage(
+            "say where to restore: --target DIR, --into-volume NAME or --to-tar FILE|-".into(),
+        ));
+    }
+    let repo = ctx.open()?;
+    let index = load_index_for_read(&repo)?;
+    let (sid, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    tracing::info!(
+        "restoring snapshot {} of {} from {}",
+        sid.short(),
+        snap.volume,
+        snap.time
+    );
+    if let Some(t) = &a.to_tar {
+        let report = if t == "-" {
+            restore::to_tar(&repo, &index, &snap, std::io::stdout().lock(), &filter)?
+        } else {
+            let f = std::fs::File::create(t).map_err(|e| Error::io("cannot create", t, e))?;
+            restore::to_tar(&repo, &index, &snap, std::io::BufWriter::new(f), &filter)?
+        };
+        return finish_restore(ctx, &sid.to_hex(), t, report, t != "-");
+    }
+    let opts = RestoreOptions {
+        filter,
+        verify: a.verify,
+        dry_run: a.dry_run,
+    };
+    if let Some(target) = &a.target {
+        let report = restore::to_dir(&repo, &index, &snap, target, &opts)?;
+        return finish_restore(
+            ctx,
+            &sid.to_hex(),
+            &target.display().to_string(),
+            report,
+            true,
+        );
+    }
+    let volume = a.into_volume.as_deref().unwrap_or_default();
+    let report = restore_into_volume(ctx, &repo, &index, &snap, volume, &opts, a.force)?;
+    finish_restore(
+        ctx,
+        &sid.to_hex(),
+        &format!("volume {volume}"),
+        report,
+        true,
+    )
+}
+
+/// Restores beside `_data`, then swaps the two directories in one atomic rename, so the
+/// volume is never seen half-restored; the old content is removed afterwards.
+fn restore_into_volume(
+    ctx: &Ctx,
+    repo: &Repository,
+    index: &Index,
+    snap: &crate::snapshot::Snapshot,
+    volume: &str,
+    opts: &RestoreOptions,
+    force: bool,
+) -> Result<restore::RestoreReport> {
+    if !docker::valid_volume_name(volume) {
+        return Err(Error::Usage(format!(
+            "{volume:?} is not a valid Docker volume name"
+        )));
+    }
+    let vdir = docker::volume_dir(&ctx.docker_root, volume);
+    let data = vdir.join("_data");
+    if !data.is_dir() && !opts.dry_run {
+        docker::create_volume(volume)?;
+        if !data.is_dir() {
+            return Err(Error::Other(format!(
+                "dockerd created volume {volume:?} but {} does not exist: is --docker-root right?",
+                data.display()
+            )));
+        }
+    }
+    let users = docker::running_mounters(&ctx.docker_root, volume);
+    if !users.is_empty() && !force {
+        return Err(Error::Other(format!(
+            "volume {volume:?} is mounted by running container(s) {}; stop them first, or pass --force",
+            users.join(", ")
+        )));
+    }
+    if opts.dry_run {
+        return restore::to_dir(repo, index, snap, &data, opts);
+    }
+    let staging = vdir.join(format!(
+        "_data.volguard-restore-{}",
+        hex::encode(rand::random::<[u8; 4]>())
+    ));
+    let result = restore::to_dir(repo, index, snap, &staging, opts);
+    let report = match result {
+        Ok(r) if r.errors.is_empty() => r,
+        Ok(r) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(Error::Other(format!(
+                "restore into volume {volume:?} aborted, the volume is unchanged: {} error(s), first: {}",
+                r.errors.len(),
+                r.errors[0]
+            )));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &staging,
+        nix::fcntl::AT_FDCWD,
+        &data,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(|e| {
+        Error::io(
+            "cannot swap the restored data into place at",
+            &data,
+            e.into(),
+        )
+    })?;
+    // `staging` now holds the previous content.
+    if let Err(e) = std::fs::remove_dir_all(&staging) {
+        tracing::warn!(
+            "restored, but the previous content at {} could not be removed: {e}",
+            staging.display()
+        );
+    }
+    Ok(report)
+}
+
+fn finish_restore(
+    ctx: &Ctx,
+    sid: &str,
+    dest: &str,
+    r: restore::RestoreReport,
+    print_text: bool,
+) -> Result<i32> {
+    if ctx.json {
+        print_json(&json!({
+            "snapshot_id": sid, "destination": dest, "files": r.files, "dirs": r.dirs,
+            "others": r.others, "hardlinks": r.hardlinks, "bytes": r.bytes,
+            "verified_files": r.verified_files, "errors": r.errors, "planned": r.planned,
+        }));
+    } else {
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        for p in &r.planned {
+            println!("would restore {p}");
+        }
+        if print_text {
+            println!(
+                "{}{} files, {} dirs, {} other entries, {} hard links, {} to {dest}{}",
+                if r.planned.is_empty() {
+                    "restored "
+                } else {
+                    "dry run: "
+                },
+                r.files,
+                r.dirs,
+                r.others,
+                r.hardlinks,
+                human_bytes(r.bytes),
+                if r.verified_files > 0 {
+                    format!("; {} files verified", r.verified_files)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(if r.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
+fn export(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let index = load_index_for_read(&repo)?;
+    let (_, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    let report = restore::to_tar(
+        &repo,
+        &index,
+        &snap,
+        std::io::stdout().lock(),
+        &Filter::default(),
+    )?;
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if report.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
+fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let pb = if a.read_data {
+        ctx.progress(Some(0), "reading")
+    } else {
+        None
+    };
+    let r = check::run(&repo, a.read_data, pb.as_ref())?;
+    if let Some(p) = pb {
+        p.finish_and_clear();
+    }
+    if ctx.json {
+        print_json(&serde_json::to_value(&r).unwrap_or_default());
+    } else {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &r.errors {
+            println!("error: {e}");
+        }
+        println!(
+            "{}: {} packs, {} blobs, {} snapshots{}; {} error(s)",
+            repo.location(),
+            r.packs,
+            r.blobs,
+            r.snapshots,
+            if a.read_data {
+                format!(
+                    ", {} packs read, {} blobs verified",
+                    r.packs_read, r.blobs_verified
+                )
+            } else {
+                String::new()
+            },
+            r.errors.len()
+        );
+    }
+    Ok(if r.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}

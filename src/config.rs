@@ -1,0 +1,149 @@
+//! The configuration file (`/etc/volguard/config.toml`) and how it combines with the command
+//! line and environment into the settings a command runs with.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::crypto::Secret;
+use crate::error::{Error, Result};
+
+/// Where the embedded default repository and its key live. The environment overrides
+/// exist for packaging and tests; operators use `--repo` / the config file instead.
+pub fn default_repo() -> PathBuf {
+    std::env::var_os("VOLGUARD_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/volguard"))
+        .join("repo")
+}
+
+pub fn default_key_file() -> PathBuf {
+    std::env::var_os("VOLGUARD_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/volguard"))
+        .join("repo.key")
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Repository location (same forms as --repo).
+    pub repository: Option<String>,
+    /// Key file for the repository.
+    pub key_file: Option<PathBuf>,
+    /// File holding the repository password.
+    pub password_file: Option<PathBuf>,
+    /// Docker data root.
+    pub docker_root: Option<PathBuf>,
+    /// Host name recorded in snapshots (default: the machine's hostname).
+    pub host: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads the config; a missing file means defaults, anything else wrong is an error
+    /// naming the file, line and key.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+            Err(e) => return Err(Error::io("cannot read config file", path, e)),
+        };
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1
+                })
+                .unwrap_or(0);
+            Error::Other(format!(
+                "config file {} line {line}: {}",
+                path.display(),
+                e.message()
+            ))
+        })
+    }
+}
+
+/// Reads a secret file, refusing one that others can read: a key readable by a group is
+/// a key that has already leaked.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Other(format!(
+            "{what} {} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o7777,
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let trimmed = bytes.trim_ascii_end().to_vec();
+    if trimmed.is_empty() {
+        return Err(Error::Other(format!("{what} {} is empty", path.display())));
+    }
+    Ok(trimmed)
+}
+
+/// The secret that opens the repository, from (in order) --key-file, VOLGUARD_PASSWORD,
+/// VOLGUARD_PASSWORD_FILE, the config file's key_file / password_file.
+pub fn secret(cli_key_file: Option<&Path>, file: &FileConfig) -> Result<Option<Secret>> {
+    if let Some(p) = cli_key_file {
+        return Ok(Some(Secret::KeyFile(read_secret_file(p, "key file")?)));
+    }
+    if let Some(pw) = std::env::var_os("VOLGUARD_PASSWORD") {
+        use std::os::unix::ffi::OsStrExt;
+        return Ok(Some(Secret::Password(pw.as_bytes().to_vec())));
+    }
+    if let Some(p) = std::env::var_os("VOLGUARD_PASSWORD_FILE") {
+        return Ok(Some(Secret::Password(read_secret_file(
+            Path::new(&p),
+            "password file",
+        )?)));
+    }
+    if let Some(p) = &file.key_file {
+        return Ok(Some(Secret::KeyFile(read_secret_file(p, "key file")?)));
+    }
+    if let Some(p) = &file.password_file {
+        return Ok(Some(Secret::Password(read_secret_file(
+            p,
+            "password file",
+        )?)));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_reported_with_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "repository = \"/x\"\nrepositry = \"/y\"\n").unwrap();
+        let e = FileConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("repositry"), "{e}");
+        assert!(FileConfig::load(&dir.path().join("missing")).is_ok());
+    }
+
+    #[test]
+    fn group_readable_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "secret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(
+            read_secret_file(&p, "key file")
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&p, "key file").unwrap(), b"secret");
+    }
+}

@@ -1,0 +1,319 @@
+//! Key material and authenticated encryption of every object the repository stores.
+//!
+//! A random master secret is generated at `init` and only ever stored wrapped under a key
+//! derived from a password (Argon2id) or a key file. Everything else is derived from it with
+//! BLAKE3's key derivation, so one secret yields independent keys for encryption, chunk ids
+//! and the chunker seed.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Format byte in front of every sealed object, so a future format can be told apart.
+const SEAL_VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed object has beyond its plaintext.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+
+/// What a sealed object is; bound into the AEAD as associated data so an object of one
+/// kind can never be passed off as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Config,
+    Blob,
+    PackTrailer,
+    Index,
+    Snapshot,
+    MasterKey,
+}
+
+impl Purpose {
+    fn aad(self) -> &'static [u8] {
+        match self {
+            Purpose::Config => b"volguard/config",
+            Purpose::Blob => b"volguard/blob",
+            Purpose::PackTrailer => b"volguard/pack-trailer",
+            Purpose::Index => b"volguard/index",
+            Purpose::Snapshot => b"volguard/snapshot",
+            Purpose::MasterKey => b"volguard/master-key",
+        }
+    }
+}
+
+/// The keys derived from the master secret. Debug never prints key bytes.
+#[derive(Clone)]
+pub struct Keys {
+    cipher: XChaCha20Poly1305,
+    id_key: [u8; 32],
+    pub chunker_seed: u64,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+impl Keys {
+    pub fn from_master(master: &[u8; 32]) -> Self {
+        let enc = blake3::derive_key("volguard 2026 object encryption", master);
+        let id_key = blake3::derive_key("volguard 2026 blob ids", master);
+        let seed = blake3::derive_key("volguard 2026 chunker seed", master);
+        let mut seed8 = [0u8; 8];
+        seed8.copy_from_slice(&seed[..8]);
+        Keys {
+            cipher: XChaCha20Poly1305::new((&enc).into()),
+            id_key,
+            chunker_seed: u64::from_le_bytes(seed8),
+        }
+    }
+
+    /// Keyed BLAKE3: ids reveal nothing about content to someone without the key.
+    pub fn id_of(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.id_key, data).as_bytes()
+    }
+
+    pub fn seal(&self, purpose: Purpose, plaintext: &[u8]) -> Vec<u8> {
+        seal_with(&self.cipher, purpose, plaintext)
+    }
+
+    pub fn open(&self, purpose: Purpose, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+        open_with(&self.cipher, purpose, sealed, what)
+    }
+}
+
+fn seal_with(cipher: &XChaCha20Poly1305, purpose: Purpose, plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: purpose.aad(),
+            },
+        )
+        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+    out.push(SEAL_VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn open_with(
+    cipher: &XChaCha20Poly1305,
+    purpose: Purpose,
+    sealed: &[u8],
+    what: &str,
+) -> Result<Vec<u8>> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(Error::corrupt(
+            what,
+            format!("only {} bytes, too short to be sealed", sealed.len()),
+        ));
+    }
+    if sealed[0] != SEAL_VERSION {
+        return Err(Error::corrupt(
+            what,
+            format!("unknown seal format {}", sealed[0]),
+        ));
+    }
+    let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+    cipher
+        .decrypt(
+            nonce,
+            Payload {
+                msg: &sealed[1 + NONCE_LEN..],
+                aad: purpose.aad(),
+            },
+        )
+        .map_err(|_| {
+            Error::corrupt(
+                what,
+                "authentication failed (tampered, truncated or bit-flipped)",
+            )
+        })
+}
+
+/// How the key-encryption key is derived from what the user holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kdf", rename_all = "kebab-case")]
+pub enum Kdf {
+    /// For passwords: memory-hard.
+    Argon2id { m_kib: u32, t: u32, p: u32 },
+    /// For key files, which already hold 256 random bits: a plain derivation suffices.
+    Blake3,
+}
+
+/// Argon2id cost for passwords (64 MiB, 3 passes): about a third of a second here.
+pub const PASSWORD_KDF: Kdf = Kdf::Argon2id {
+    m_kib: 64 * 1024,
+    t: 3,
+    p: 1,
+};
+
+/// Upper bounds accepted from a stored key entry, so a crafted one cannot exhaust memory.
+const MAX_ARGON_M_KIB: u32 = 4 * 1024 * 1024;
+const MAX_ARGON_T: u32 = 64;
+
+/// One stored key: the master secret wrapped under a secret the user holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub version: u32,
+    #[serde(flatten)]
+    pub kdf: Kdf,
+    pub salt: String,
+    pub created: String,
+    pub host: String,
+    /// Hex of the sealed master secret.
+    pub wrapped: String,
+}
+
+/// What the user gave us to open the repository.
+pub enum Secret {
+    Password(Vec<u8>),
+    KeyFile(Vec<u8>),
+}
+
+impl Secret {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Secret::Password(_) => "password",
+            Secret::KeyFile(_) => "key file",
+        }
+    }
+
+    fn kdf(&self) -> Kdf {
+        match self {
+            Secret::Password(_) => PASSWORD_KDF,
+            Secret::KeyFile(_) => Kdf::Blake3,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Secret::Password(b) | Secret::KeyFile(b) => b,
+        }
+    }
+}
+
+fn derive_kek(kdf: &Kdf, secret: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+    match kdf {
+        Kdf::Blake3 => {
+            let mut h = blake3::Hasher::new_derive_key("volguard 2026 key-file wrapping");
+            h.update(salt);
+            h.update(secret);
+            Ok(*h.finalize().as_bytes())
+        }
+        Kdf::Argon2id { m_kib, t, p } => {
+            if *m_kib > MAX_ARGON_M_KIB || *t > MAX_ARGON_T || *p == 0 || *p > 16 {
+                return Err(Error::corrupt(
+                    "key entry",
+                    "KDF parameters out of the accepted range",
+                ));
+            }
+            let params = argon2::Params::new(*m_kib, *t, *p, Some(32))
+                .map_err(|e| Error::corrupt("key entry", format!("bad KDF parameters: {e}")))?;
+            let a =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let mut out = [0u8; 32];
+            a.hash_password_into(secret, salt, &mut out)
+                .map_err(|e| Error::corrupt("key entry", format!("KDF failed: {e}")))?;
+            Ok(out)
+        }
+    }
+}
+
+/// Wraps a master secret for storage under `keys/`.
+pub fn wrap_master(master: &[u8; 32], secret: &Secret, host: &str, now: &str) -> Result<KeyEntry> {
+    let mut salt = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let kdf = secret.kdf();
+    let kek = derive_kek(&kdf, secret.bytes(), &salt)?;
+    let cipher = XChaCha20Poly1305::new((&kek).into());
+    Ok(KeyEntry {
+        version: 1,
+        kdf,
+        salt: hex::encode(salt),
+        created: now.to_string(),
+        host: host.to_string(),
+        wrapped: hex::encode(seal_with(&cipher, Purpose::MasterKey, master)),
+    })
+}
+
+/// Unwraps a stored key; `Ok(None)` when the secret is simply not the right one.
+pub fn unwrap_master(entry: &KeyEntry, secret: &Secret) -> Result<Option<[u8; 32]>> {
+    let salt =
+        hex::decode(&entry.salt).map_err(|_| Error::corrupt("key entry", "salt is not hex"))?;
+    let wrapped = hex::decode(&entry.wrapped)
+        .map_err(|_| Error::corrupt("key entry", "wrapped key is not hex"))?;
+    // A key entry made for the other kind of secret cannot open with this one.
+    if matches!((&entry.kdf, secret), (Kdf::Blake3, Secret::Password(_))) {
+        return Ok(None);
+    }
+    let kek = derive_kek(&entry.kdf, secret.bytes(), &salt)?;
+    let cipher = XChaCha20Poly1305::new((&kek).into());
+    match open_with(&cipher, Purpose::MasterKey, &wrapped, "key entry") {
+        Ok(plain) if plain.len() == 32 => {
+            let mut m = [0u8; 32];
+            m.copy_from_slice(&plain);
+            Ok(Some(m))
+        }
+        Ok(_) => Err(Error::corrupt(
+            "key entry",
+            "wrapped key has the wrong length",
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+pub fn random_master() -> [u8; 32] {
+    let mut m = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut m);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_object_rejects_other_purpose_and_bit_flips() {
+        let keys = Keys::from_master(&[7u8; 32]);
+        let sealed = keys.seal(Purpose::Blob, b"hello");
+        assert_eq!(keys.open(Purpose::Blob, &sealed, "t").unwrap(), b"hello");
+        assert!(keys.open(Purpose::Snapshot, &sealed, "t").is_err());
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                keys.open(Purpose::Blob, &bad, "t").is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        assert!(keys.open(Purpose::Blob, &sealed[..10], "t").is_err());
+    }
+
+    #[test]
+    fn key_file_wrap_round_trips_and_wrong_secret_is_none() {
+        let master = random_master();
+        let e = wrap_master(&master, &Secret::KeyFile(b"abc".to_vec()), "h", "now").unwrap();
+        assert_eq!(
+            unwrap_master(&e, &Secret::KeyFile(b"abc".to_vec())).unwrap(),
+            Some(master)
+        );
+        assert_eq!(
+            unwrap_master(&e, &Secret::KeyFile(b"abd".to_vec())).unwrap(),
+            None
+        );
+        assert_eq!(
+            unwrap_master(&e, &Secret::Password(b"abc".to_vec())).unwrap(),
+            None
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The minimal read-only view of Docker's on-disk state that backup and restore need:
+//! where the data root is, which volumes exist, and which running containers mount one.
+//! (The full model — metadata.db, layers, inventory — is its own piece of work.)
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/docker";
+const DAEMON_JSON: &str = "/etc/docker/daemon.json";
+pub const SOCKET: &str = "/var/run/docker.sock";
+
+/// `--docker-root`, else `data-root` from daemon.json, else the default.
+pub fn data_root(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    #[derive(Deserialize)]
+    struct Daemon {
+        #[serde(rename = "data-root")]
+        data_root: Option<PathBuf>,
+    }
+    std::fs::read(DAEMON_JSON)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Daemon>(&b).ok())
+        .and_then(|d| d.data_root)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// Docker's own rule for volume names; also guarantees a name is one safe path component.
+pub fn valid_volume_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+pub fn volume_dir(root: &Path, name: &str) -> PathBuf {
+    root.join("volumes").join(name)
+}
+
+/// Volumes that have a `_data` directory, sorted by name.
+pub fn list_volumes(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("volumes");
+    let rd = std::fs::read_dir(&dir).map_err(|e| {
+        Error::io(
+            "cannot list Docker volumes in (is this a Docker host? set --docker-root)",
+            &dir,
+            e,
+        )
+    })?;
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if valid_volume_name(&name) && ent.path().join("_data").is_dir() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A volume's `_data` directory, or a clear error naming the volumes that do exist.
+pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
+    if !valid_volume_name(name) {
+        return Err(Error::Usage(format!(
+            "{name:?} is not a valid Docker volume name"
+        )));
+    }
+    let data = volume_dir(root, name).join("_data");
+    if data.is_dir() {
+        return Ok(data);
+    }
+    let known = list_volumes(root).unwrap_or_default();
+    Err(Error::Other(format!(
+        "no Docker volume {name:?} under {}/volumes ({}); `docker volume ls` lists them",
+        root.display(),
+        if known.is_empty() {
+            "there are none".to_string()
+        } else {
+            format!("found: {}", known.join(", "))
+        }
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerConfig {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    state: ContainerState,
+    #[serde(default)]
+    mount_points: std::collections::HashMap<String, MountPoint>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerState {
+    #[serde(default)]
+    running: bool,
+    #[serde(default)]
+    pid: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct MountPoint {
+    #[serde(default, rename = "Type")]
+    kind: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// Names of running containers that mount `volume`. config.v2.json can be stale (dockerd
+/// killed), so "running" is confirmed by the container's pid still existing.
+pub fn running_mounters(root: &Path, volume: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root.join("containers")) else {
+        return out;
+    };
+    for ent in rd.flatten() {
+        let Ok(bytes) = std::fs::read(ent.path().join("config.v2.json")) else {
+            continue;
+        };
+        let Ok(cfg) = serde_json::from_slice::<ContainerConfig>(&bytes) else {
+            tracing::warn!(container = %ent.path().display(), "unreadable config.v2.json, skipped");
+            continue;
+        };
+        let alive = cfg.state.running
+            && cfg.state.pid > 0
+            && Path::new(&format!("/proc/{}", cfg.state.pid)).exists();
+        let mounts = cfg
+            .mount_points
+            .values()
+            .any(|m| m.kind == "volume" && m.name == volume);
+        if alive && mounts {
+            out.push(cfg.name.trim_start_matches('/').to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asks dockerd (through its socket) to create a local volume, so Docker knows about the
+/// volume a restore fills.
+pub fn create_volume(name: &str) -> Result<()> {
+    let body = serde_json::json!({ "Name": name }).to_string();
+    let request = format!(
+        "POST /volumes/create HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let fail = |why: String| {
+        Error::Other(format!(
+            "volume {name:?} does not exist and could not be created through {SOCKET}: {why}; create it with `docker volume create {name}` and retry"
+        ))
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(SOCKET).map_err(|e| fail(e.to_string()))?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut resp = String::new();
+    s.take(64 * 1024)
+        .read_to_string(&mut resp)
+        .map_err(|e| fail(e.to_string()))?;
+    let status = resp.split_whitespace().nth(1).unwrap_or("");
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "dockerd answered: {}",
+            resp.lines().next().unwrap_or("nothing")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_cannot_escape() {
+        assert!(valid_volume_name("db_data-1.x"));
+        for bad in ["", "..", "../etc", "a/b", ".hidden", "-x", "a b"] {
+            assert!(!valid_volume_name(bad), "{bad}");
+        }
+    }
+}

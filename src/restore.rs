@@ -1,0 +1,760 @@
+//! `restore` and `export`: turn a snapshot back into files, into a Docker volume, or into a
+//! tar stream.
+//!
+//! Safety rests on two things: tree names are validated when decoded (single components,
+//! strictly sorted, see `Tree::decode`), and every entry is created exclusively inside a
+//! target that starts empty, so nothing can be written through a symlink restored earlier
+//! or outside the target.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::bounded;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+use crate::fsmeta;
+use crate::ids::BlobId;
+use crate::index::Index;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{Node, NodeKind};
+
+/// Which entries to restore: `--include` / `--exclude` globs over paths inside the snapshot.
+#[derive(Debug, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+fn globset(patterns: &[String], flag: &str) -> Result<Option<GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let p = p.trim_start_matches('/');
+        b.add(
+            Glob::new(p)
+                .map_err(|e| Error::Usage(format!("{flag} {p:?} is not a valid glob: {e}")))?,
+        );
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| Error::Usage(format!("{flag}: {e}")))
+}
+
+impl Filter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter> {
+        Ok(Filter {
+            include: globset(include, "--include")?,
+            exclude: globset(exclude, "--exclude")?,
+        })
+    }
+
+    fn excluded(&self, path: &[u8]) -> bool {
+        self.exclude
+            .as_ref()
+            .is_some_and(|g| g.is_match(Path::new(OsStr::from_bytes(path))))
+    }
+
+    fn included(&self, path: &[u8]) -> bool {
+        self.include
+            .as_ref()
+            .is_none_or(|g| g.is_match(Path::new(OsStr::from_bytes(path))))
+    }
+}
+
+/// Visits every entry of a snapshot in pre-order (a directory before its contents, names
+/// in order). The visitor returns whether to descend into a directory. Trees that cannot be
+/// read are returned as `(path, error)` and their contents skipped.
+pub fn walk(
+    repo: &Repository,
+    index: &Index,
+    root: &Node,
+    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+) -> Result<Vec<(Vec<u8>, Error)>> {
+    let mut problems = Vec::new();
+    let mut path = Vec::new();
+    if let Some(t) = root.subtree {
+        walk_tree(repo, index, &t, &mut path, visit, &mut problems)?;
+    }
+    Ok(problems)
+}
+
+fn walk_tree(
+    repo: &Repository,
+    index: &Index,
+    tree: &BlobId,
+    path: &mut Vec<u8>,
+    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+    problems: &mut Vec<(Vec<u8>, Error)>,
+) -> Result<()> {
+    let t = match repo.load_tree(index, tree) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push((path.clone(), e));
+            return Ok(());
+        }
+    };
+    for node in &t.nodes {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&node.name);
+        let descend = visit(path, node)?;
+        if descend && let Some(sub) = &node.subtree {
+            walk_tree(repo, index, sub, path, visit, problems)?;
+        }
+        path.truncate(len);
+    }
+    Ok(())
+}
+
+/// Yields a file's data as runs `(logical offset, bytes)`, fetching and verifying one
+/// chunk at a time; holes between extents are simply absent.
+pub struct DataRuns<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    node: &'a Node,
+    extents: Vec<(u64, u64)>,
+    next_chunk: usize,
+    chunk: Vec<u8>,
+    chunk_pos: usize,
+    extent: usize,
+    extent_used: u64,
+}
+
+impl<'a> DataRuns<'a> {
+    pub fn new(repo: &'a Repository, index: &'a Index, node: &'a Node) -> Self {
+        DataRuns {
+            repo,
+            index,
+            node,
+            extents: node.extents.clone().unwrap_or_else(|| vec![(0, node.size)]),
+            next_chunk: 0,
+            chunk: Vec::new(),
+            chunk_pos: 0,
+            extent: 0,
+            extent_used: 0,
+        }
+    }
+
+    pub fn next_run(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        if self.chunk_pos >= self.chunk.len() {
+            let Some(id) = self.node.content.get(self.next_chunk) else {
+                return Ok(None);
+            };
+            self.chunk = self.repo.read_blob(self.index, id)?;
+            self.chunk_pos = 0;
+            self.next_chunk += 1;
+            if self.chunk.is_empty() {
+                return self.next_run();
+            }
+        }
+        loop {
+            let Some(&(start, len)) = self.extents.get(self.extent) else {
+                return Err(Error::corrupt(
+                    "file content",
+                    "more data than the file's extents hold",
+                ));
+            };
+            if self.extent_used >= len {
+                self.extent += 1;
+                self.extent_used = 0;
+                continue;
+            }
+            let n = ((len - self.extent_used) as usize).min(self.chunk.len() - self.chunk_pos);
+            let offset = start + self.extent_used;
+            if offset + n as u64 > self.node.size {
+                return Err(Error::corrupt(
+                    "file content",
+                    "data beyond the file's size",
+                ));
+            }
+            let run = self.chunk[self.chunk_pos..self.chunk_pos + n].to_vec();
+            self.chunk_pos += n;
+            self.extent_used += n as u64;
+            return Ok(Some((offset, run)));
+        }
+    }
+}
+
+/// The logical content of a file (holes read as zeros), for tar export and verification.
+pub struct FileReader<'a> {
+    runs: DataRuns<'a>,
+    size: u64,
+    pos: u64,
+    current: Option<(u64, Vec<u8>)>,
+}
+
+impl<'a> FileReader<'a> {
+    pub fn new(repo: &'a Repository, index: &'a Index, node: &'a Node) -> Self {
+        FileReader {
+            runs: DataRuns::new(repo, index, node),
+            size: node.size,
+            pos: 0,
+            current: None,
+        }
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos >= self.size || out.is_empty() {
+                return Ok(0);
+            }
+            let current_end = self.current.as_ref().map(|(o, d)| o + d.len() as u64);
+            if current_end.is_none_or(|end| end <= self.pos) {
+                self.current = self
+                    .runs
+                    .next_run()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                if self.current.is_none() {
+                    // Trailing hole.
+                    let n = ((self.size - self.pos) as usize).min(out.len());
+                    out[..n].fill(0);
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                continue;
+            }
+            let (off, data) = self.current.as_ref().expect("checked above");
+            if self.pos < *off {
+                let n = ((off - self.pos) as usize).min(out.len());
+                out[..n].fill(0);
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            let start = (self.pos - off) as usize;
+            let n = (data.len() - start).min(out.len());
+            out[..n].copy_from_slice(&data[start..start + n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub others: u64,
+    pub hardlinks: u64,
+    pub bytes: u64,
+    pub verified_files: u64,
+    pub errors: Vec<String>,
+    /// Paths inside the snapshot, filled only for `--dry-run`.
+    pub planned: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    pub filter: Filter,
+    pub verify: bool,
+    pub dry_run: bool,
+}
+
+struct FileJob {
+    file: File,
+    path: PathBuf,
+    display: String,
+    node: Node,
+}
+
+/// A directory on the walk stack: created on disk only once something inside it is restored.
+struct PendingDir {
+    depth: usize,
+    path: PathBuf,
+    node: Node,
+    created: bool,
+}
+
+/// Restores `snap` into `target`, which must not exist or be an empty directory.
+pub fn to_dir(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let mut report = RestoreReport::default();
+    if !opts.dry_run {
+        prepare_target(target)?;
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2);
+    let (tx, rx) = bounded::<FileJob>(64);
+    let mut dir_meta: Vec<(PathBuf, Node)> = Vec::new();
+    let (walk_result, worker_reports) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = rx.clone();
+                s.spawn(move || {
+                    let mut r = RestoreReport::default();
+                    for job in rx {
+                        match write_file(repo, index, &job, opts.verify) {
+                            Ok(n) => {
+                                r.bytes += n;
+                                r.verified_files += opts.verify as u64;
+                            }
+                            Err(e) => r.errors.push(format!("{}: {e}", job.display)),
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        drop(rx);
+        let mut stack: Vec<PendingDir> = Vec::new();
+        let mut links: HashMap<u64, PathBuf> = HashMap::new();
+        let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
+        let res = walk(repo, index, &snap.root, &mut |rel, node| {
+            let depth = depth_of(rel);
+            while stack.last().is_some_and(|d| d.depth >= depth) {
+                stack.pop();
+            }
+            if opts.filter.excluded(rel) {
+                return Ok(false);
+            }
+            let selected = opts.filter.included(rel)
+                || stack.iter().any(|d| {
+                    d.created
+                        && opts.filter.include.is_some()
+                        && opts.filter.included(path_rel(target, &d.path).as_bytes())
+                });
+            let path = target.join(OsStr::from_bytes(rel));
+            if node.kind == NodeKind::Dir {
+                stack.push(PendingDir {
+                    depth,
+                    path,
+                    node: node.clone(),
+                    created: false,
+                });
+                if selected {
+                    ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)?;
+                }
+                return Ok(true);
+            }
+            if !selected {
+                return Ok(false);
+            }
+            ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)?;
+            let display = String::from_utf8_lossy(rel).into_owned();
+            if opts.dry_run {
+                report.planned.push(display);
+                match node.kind {
+                    NodeKind::File => {
+                        report.files += 1;
+                        report.bytes += node.size;
+                    }
+                    _ => report.others += 1,
+                }
+                return Ok(false);
+            }
+            if let Err(e) = restore_entry(node, &path, &display, &mut links, &tx, &mut report) {
+                report.errors.push(format!("{display}: {e}"));
+            }
+            Ok(false)
+        });
+        drop(tx);
+        let reports: Vec<RestoreReport> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect();
+        (res, reports)
+    });
+    for (path, e) in walk_result? {
+        report.errors.push(format!(
+            "{}: subtree skipped: {e}",
+            String::from_utf8_lossy(&path)
+        ));
+    }
+    for r in worker_reports {
+        report.bytes += r.bytes;
+        report.verified_files += r.verified_files;
+        report.errors.extend(r.errors);
+    }
+    if opts.dry_run {
+        return Ok(report);
+    }
+    // Directory times last, deepest first: creating children changed them.
+    for (path, node) in dir_meta.iter().rev() {
+        if let Err(e) = fsmeta::apply_metadata(path, node) {
+            report.errors.push(format!("{}: {e}", path.display()));
+        }
+    }
+    if opts.filter.include.is_none()
+        && opts.filter.exclude.is_none()
+        && let Err(e) = fsmeta::apply_metadata(target, &snap.root)
+    {
+        report.errors.push(format!("{}: {e}", target.display()));
+    }
+    Ok(report)
+}
+
+fn path_rel(target: &Path, p: &Path) -> String {
+    p.strip_prefix(target)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn prepare_target(target: &Path) -> Result<()> {
+    match std::fs::read_dir(target) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(Error::Other(format!(
+                    "restore target {} is not empty; choose a new or empty directory",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(target)
+            .map_err(|e| Error::io("cannot create restore target", target, e)),
+        Err(e) => Err(Error::io("cannot open restore target", target, e)),
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn ensure_dirs(
+    stack: &mut [PendingDir],
+    dir_meta: &mut Vec<(PathBuf, Node)>,
+    report: &mut RestoreReport,
+    dry_run: bool,
+) -> Result<()> {
+    for d in stack.iter_mut().filter(|d| !d.created) {
+        d.created = true;
+        report.dirs += 1;
+        if dry_run {
+            continue;
+        }
+        // mkdir fails on anything already there, so no earlier entry can redirect it.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&d.path)
+            .map_err(|e| Error::io("cannot create directory", &d.path, e))?;
+        dir_meta.push((d.path.clone(), d.node.clone()));
+    }
+    Ok(())
+}
+
+fn restore_entry(
+    node: &Node,
+    path: &Path,
+    display: &str,
+    links: &mut HashMap<u64, PathBuf>,
+    tx: &crossbeam_channel::Sender<FileJob>,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    if node.kind == NodeKind::File {
+        if let Some(group) = node.hardlink
+            && let Some(first) = links.get(&group)
+        {
+            std::fs::hard_link(first, path)
+                .map_err(|e| Error::io("cannot create hard link", path, e))?;
+            report.hardlinks += 1;
+            return Ok(());
+        }
+        // O_EXCL + O_NOFOLLOW: never reuse or follow anything that is already there.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io("cannot create file", path, e))?;
+        if let Some(group) = node.hardlink {
+            links.insert(group, path.to_path_buf());
+        }
+        report.files += 1;
+        tx.send(FileJob {
+            file,
+            path: path.to_path_buf(),
+            display: display.to_string(),
+            node: node.clone(),
+        })
+        .map_err(|_| Error::Other("restore workers stopped".into()))?;
+        return Ok(());
+    }
+    fsmeta::create_special(path, node).map_err(|e| Error::io("cannot create", path, e))?;
+    fsmeta::apply_metadata(path, node).map_err(|e| Error::io("cannot set metadata of", path, e))?;
+    report.others += 1;
+    Ok(())
+}
+
+/// Writes one file's content (holes stay holes), optionally re-hashes what landed on disk,
+/// then applies its metadata. Returns the data bytes written.
+fn write_file(repo: &Repository, index: &Index, job: &FileJob, verify: bool) -> Result<u64> {
+    let node = &job.node;
+    let mut written = 0u64;
+    if node.extents.is_some() {
+        job.file
+            .set_len(node.size)
+            .map_err(|e| Error::io("cannot size", &job.path, e))?;
+    }
+    let mut runs = DataRuns::new(repo, index, node);
+    let mut out = io::BufWriter::with_capacity(256 * 1024, &job.file);
+    while let Some((offset, data)) = runs.next_run()? {
+        if node.extents.is_some() {
+            out.flush()
+                .map_err(|e| Error::io("cannot write", &job.path, e))?;
+            job.file
+                .write_all_at(&data, offset)
+                .map_err(|e| Error::io("cannot write", &job.path, e))?;
+        } else {
+            out.write_all(&data)
+                .map_err(|e| Error::io("cannot write", &job.path, e))?;
+        }
+        written += data.len() as u64;
+    }
+    out.flush()
+        .map_err(|e| Error::io("cannot write", &job.path, e))?;
+    drop(out);
+    let len = job
+        .file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", &job.path, e))?
+        .len();
+    if len != node.size {
+        return Err(Error::corrupt(
+            format!("file {}", job.display),
+            format!("restored {len} bytes, snapshot says {}", node.size),
+        ));
+    }
+    if verify {
+        verify_file(&job.path, node)?;
+    }
+    fsmeta::apply_metadata(&job.path, node)
+        .map_err(|e| Error::io("cannot set metadata of", &job.path, e))?;
+    Ok(written)
+}
+
+/// Re-reads a restored file and compares its plain BLAKE3 with the snapshot's.
+fn verify_file(path: &Path, node: &Node) -> Result<()> {
+    let Some(expected) = node.file_hash else {
+        return Ok(());
+    };
+    let mut f = File::open(path).map_err(|e| Error::io("cannot re-open for --verify", path, e))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot re-read for --verify", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    if *h.finalize().as_bytes() != expected {
+        return Err(Error::Other(format!(
+            "{}: content on disk does not match the snapshot's BLAKE3 after restore",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the snapshot as a tar stream (PAX headers carry nanosecond times, xattrs and
+/// long or non-UTF-8 names; hard links become link entries).
+pub fn to_tar<W: Write>(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    out: W,
+    filter: &Filter,
+) -> Result<RestoreReport> {
+    let mut report = RestoreReport::default();
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut links: HashMap<u64, Vec<u8>> = HashMap::new();
+    let problems = walk(repo, index, &snap.root, &mut |rel, node| {
+        if filter.excluded(rel) {
+            return Ok(false);
+        }
+        if node.kind != NodeKind::Dir && !filter.included(rel) {
+            return Ok(false);
+        }
+        append_tar_entry(
+            repo,
+            index,
+            &mut builder,
+            rel,
+            node,
+            &mut links,
+            &mut report,
+        )
+        .map_err(|e| Error::Other(format!("{}: {e}", String::from_utf8_lossy(rel))))?;
+        Ok(true)
+    })?;
+    for (p, e) in problems {
+        report.errors.push(format!(
+            "{}: subtree skipped: {e}",
+            String::from_utf8_lossy(&p)
+        ));
+    }
+    builder
+        .into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| Error::Other(format!("cannot finish the tar stream: {e}")))?;
+    Ok(report)
+}
+
+fn append_tar_entry<W: Write>(
+    repo: &Repository,
+    index: &Index,
+    b: &mut tar::Builder<W>,
+    rel: &[u8],
+    node: &Node,
+    links: &mut HashMap<u64, Vec<u8>>,
+    report: &mut RestoreReport,
+) -> io::Result<()> {
+    let mut pax: Vec<(String, Vec<u8>)> = vec![(
+        "mtime".into(),
+        format!("{}.{:09}", node.mtime_sec, node.mtime_nsec).into_bytes(),
+    )];
+    for x in &node.xattrs {
+        // GNU tar and star carry POSIX ACLs as text records, not as raw xattrs.
+        let acl_key = match x.name.as_slice() {
+            b"system.posix_acl_access" => Some("SCHILY.acl.access"),
+            b"system.posix_acl_default" => Some("SCHILY.acl.default"),
+            _ => None,
+        };
+        match acl_key.map(|k| (k, acl_to_text(&x.value))) {
+            Some((k, Some(text))) => pax.push((k.to_string(), text.into_bytes())),
+            _ => pax.push((
+                format!("SCHILY.xattr.{}", String::from_utf8_lossy(&x.name)),
+                x.value.clone(),
+            )),
+        }
+    }
+    b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(node.mode & 0o7777);
+    h.set_uid(node.uid as u64);
+    h.set_gid(node.gid as u64);
+    h.set_mtime(node.mtime_sec.max(0) as u64);
+    h.set_size(0);
+    let path = Path::new(OsStr::from_bytes(rel));
+    match node.kind {
+        NodeKind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            report.dirs += 1;
+            b.append_data(&mut h, path, io::empty())
+        }
+        NodeKind::File => {
+            if let Some(g) = node.hardlink {
+                if let Some(first) = links.get(&g) {
+                    h.set_entry_type(tar::EntryType::Link);
+                    report.hardlinks += 1;
+                    return b.append_link(&mut h, path, Path::new(OsStr::from_bytes(first)));
+                }
+                links.insert(g, rel.to_vec());
+            }
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(node.size);
+            report.files += 1;
+            report.bytes += node.size;
+            b.append_data(&mut h, path, FileReader::new(repo, index, node))
+        }
+        NodeKind::Symlink => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            report.others += 1;
+            b.append_link(
+                &mut h,
+                path,
+                Path::new(OsStr::from_bytes(&node.link_target)),
+            )
+        }
+        NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+            h.set_entry_type(match node.kind {
+                NodeKind::Fifo => tar::EntryType::Fifo,
+                NodeKind::CharDevice => tar::EntryType::Char,
+                _ => tar::EntryType::Block,
+            });
+            if node.kind != NodeKind::Fifo {
+                h.set_device_major(nix::sys::stat::major(node.rdev) as u32)?;
+                h.set_device_minor(nix::sys::stat::minor(node.rdev) as u32)?;
+            }
+            report.others += 1;
+            b.append_data(&mut h, path, io::empty())
+        }
+        // tar has no socket type; a socket is only meaningful to the process that bound it.
+        NodeKind::Socket => Ok(()),
+    }
+}
+
+/// Converts a kernel `system.posix_acl_*` value (version 2: a u32 header, then entries of
+/// u16 tag, u16 permissions, u32 id) to the text form `acl_from_text` reads. `None` when
+/// the bytes are not a valid ACL, in which case the raw xattr is exported instead.
+fn acl_to_text(value: &[u8]) -> Option<String> {
+    const VERSION: u32 = 2;
+    let header = value.get(..4)?;
+    if u32::from_le_bytes(header.try_into().ok()?) != VERSION
+        || !(value.len() - 4).is_multiple_of(8)
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    for e in value[4..].chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let rwx: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+            .iter()
+            .map(|&(bit, c)| if perm & bit != 0 { c } else { '-' })
+            .collect();
+        out.push(match tag {
+            0x01 => format!("user::{rwx}"),
+            0x02 => format!("user:{id}:{rwx}"),
+            0x04 => format!("group::{rwx}"),
+            0x08 => format!("group:{id}:{rwx}"),
+            0x10 => format!("mask::{rwx}"),
+            0x20 => format!("other::{rwx}"),
+            _ => return None,
+        });
+    }
+    Some(out.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_xattr_becomes_text_and_garbage_does_not() {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 7, 1234),
+            (4, 4, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        assert_eq!(
+            acl_to_text(&v).unwrap(),
+            "user::rw-,user:1234:rwx,group::r--,mask::rwx,other::r--"
+        );
+        assert_eq!(acl_to_text(&v[..7]), None);
+        assert_eq!(acl_to_text(b"garbage!"), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! Shared helpers for the integration tests (each test file does `mod common;`).
+//!
+//! Why this exists: every integration test needs the same plumbing: a throwaway
+//! repository with a key file, a `volguard` command whose global flags never
+//! pick up the host's configuration, and a real dockerd (DESIGN.md §6/§7) with
+//! uniquely named containers and volumes that are removed even when a test
+//! panics. The environment is prepared by `tests/env/setup.sh` (run by
+//! `tests/run.sh`); tests FAIL, never skip, when it is missing.
+#![allow(dead_code)]
+
+pub mod treecmp;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The tiny offline image built by `tests/env/setup.sh` (busybox applets, `PATH=/bin`).
+pub const IMAGE: &str = "volguard-test/busybox:latest";
+
+/// Environment variables that would leak host key material or repository
+/// choices into a test's `volguard` process.
+const LEAKY_ENV: &[&str] = &[
+    "VOLGUARD_REPO",
+    "VOLGUARD_PASSWORD",
+    "VOLGUARD_PASSWORD_FILE",
+    "VOLGUARD_CONFIG",
+    "VOLGUARD_KEY_FILE",
+];
+
+/// Path of the `volguard` binary built for these tests.
+pub fn volguard_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_volguard"))
+}
+
+/// A throwaway local repository plus its key file, removed on drop.
+pub struct TestRepo {
+    dir: tempfile::TempDir,
+    /// Repository location (not created: `volguard init` creates it).
+    pub repo: PathBuf,
+    /// Key file holding 64 random hex characters, mode 0600.
+    pub key_file: PathBuf,
+    /// A config path that does not exist, so `/etc/volguard/config.toml` never
+    /// leaks into tests (a missing file means defaults).
+    pub config: PathBuf,
+}
+
+impl TestRepo {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("volguard-test-")
+            .tempdir()
+            .expect("create temp dir for TestRepo");
+        let repo = dir.path().join("repo");
+        let key_file = dir.path().join("key");
+        let config = dir.path().join("no-such-config.toml");
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .expect("create key file");
+        f.write_all(key.as_bytes()).expect("write key file");
+        TestRepo {
+            dir,
+            repo,
+            key_file,
+            config,
+        }
+    }
+
+    /// The temp dir holding repo, key file and anything else the test wants.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `volguard --config <missing> --repo <repo> --key-file <key>`; append the
+    /// subcommand (and, before it, any further global flags) yourself.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(volguard_bin());
+        for var in LEAKY_ENV {
+            c.env_remove(var);
+        }
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--key-file")
+            .arg(&self.key_file);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `volguard <global flags> args...` and returns its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.args(args);
+        output_of(&mut c)
+    }
+
+    /// Like [`TestRepo::run`], but panics (showing stdout and stderr) on a non-zero exit.
+    pub fn run_ok(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.args(args);
+        let out = output_of(&mut c);
+        if !out.status.success() {
+            panic!("command failed: {}", describe(&c, &out));
+        }
+        out
+    }
+
+    /// Runs `volguard <global flags> --json args...`, requires success and
+    /// parses stdout as one JSON document.
+    pub fn run_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut c = self.cmd();
+        c.arg("--json").args(args);
+        let out = output_of(&mut c);
+        if !out.status.success() {
+            panic!("command failed: {}", describe(&c, &out));
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}): {}",
+                describe(&c, &out)
+            )
+        })
+    }
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn output_of(c: &mut Command) -> Output {
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", c.get_program()))
+}
+
+/// Command line, exit status, stdout and stderr, for failure messages.
+pub fn describe(c: &Command, out: &Output) -> String {
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!(
+        "`{} {}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        c.get_program().to_string_lossy(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Docker
+// ---------------------------------------------------------------------------
+
+fn docker_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new("docker");
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// Runs `docker args...`; panics with stderr on failure; returns stdout trimmed.
+pub fn docker(args: &[&str]) -> String {
+    let mut c = docker_cmd(args);
+    let out = output_of(&mut c);
+    if !out.status.success() {
+        panic!("docker failed: {}", describe(&c, &out));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `docker args...`; returns (exit code, -1 if killed by a signal; stdout; stderr).
+pub fn docker_status(args: &[&str]) -> (i32, String, String) {
+    let out = output_of(&mut docker_cmd(args));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A name unique across test threads and processes, valid for Docker
+/// containers and volumes: `<prefix>-<pid>-<counter>-<random>`, lowercase.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut p: String = prefix
+        .chars()
+        .map(|ch| {
+            let ch = ch.to_ascii_lowercase();
+            if ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-') {
+                ch
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // Docker names must start with an alphanumeric character.
+    if !p.starts_with(|ch: char| ch.is_ascii_alphanumeric()) {
+        p.insert_str(0, "vg");
+    }
+    let rnd = hex::encode(rand::random::<[u8; 3]>());
+    format!("{p}-{}-{n}-{rnd}", std::process::id())
+}
+
+/// Force-removes the registered containers (with their anonymous volumes),
+/// then the volumes, when dropped, also on panic. Errors are ignored.
+#[derive(Debug, Default)]
+pub struct DockerCleanup {
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl DockerCleanup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a container name (or id) for removal; returns it.
+    pub fn container(&mut self, name: impl Into<String>) -> String {
+        let name = name.into();
+        self.containers.push(name.clone());
+        name
+    }
+
+    /// Registers a volume name for removal; returns it.
+    pub fn volume(&mut self, name: impl Into<String>) -> String {
+        let name = name.into();
+        self.volumes.push(name.clone());
+        name
+    }
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        // Containers first: a volume in use by one cannot be removed.
+        if !self.containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(self.containers.iter().map(String::as_str));
+            let _ = docker_cmd(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if !self.volumes.is_empty() {
+            let mut args = vec!["volume", "rm", "-f"];
+            args.extend(self.volumes.iter().map(String::as_str));
+            let _ = docker_cmd(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The daemon's data root (`docker info --format '{{.DockerRootDir}}'`).
+pub fn docker_root() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = docker(&["info", "--format", "{{.DockerRootDir}}"]);
+        assert!(
+            !root.is_empty(),
+            "docker info printed no DockerRootDir; is dockerd running? run tests/env/setup.sh"
+        );
+        PathBuf::from(root)
+    })
+    .clone()
+}
+
+/// Panics unless a dockerd answers and the test image exists. Tests FAIL,
+/// never skip, without Docker: `tests/run.sh` always starts it.
+pub fn require_docker() {
+    let (code, stdout, stderr) = docker_status(&["info", "--format", "{{.ServerVersion}}"]);
+    let version = stdout.trim();
+    if code != 0 || version.is_empty() || version == "<no value>" {
+        panic!(
+            "dockerd does not answer `docker info` (exit {code}): {}\n\
+             Run `bash tests/env/setup.sh` (or the whole suite with `bash tests/run.sh`).",
+            stderr.trim()
+        );
+    }
+    let (code, _, stderr) = docker_status(&["image", "inspect", "--format", "{{.Id}}", IMAGE]);
+    if code != 0 {
+        panic!(
+            "test image {IMAGE} is missing ({}).\n\
+             Run `bash tests/env/setup.sh` (or the whole suite with `bash tests/run.sh`).",
+            stderr.trim()
+        );
+    }
+}
+
+/// Host path of a named volume's data: `<docker_root>/volumes/<name>/_data`.
+pub fn volume_data_dir(name: &str) -> PathBuf {
+    docker_root().join("volumes").join(name).join("_data")
+}

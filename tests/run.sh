@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Why this exists: this is THE test command of the README and of CI
+# (`bash tests/run.sh [extra cargo test args]`). Integration tests need a real
+# dockerd and a test image, so it first prepares the environment
+# (tests/env/setup.sh, idempotent), then builds and runs the whole suite:
+# lib unit tests, integration tests under tests/, doc tests. Benches are
+# on-demand (`cargo bench`) and deliberately not built here.
+#
+# Extra arguments go to `cargo test`; those before a `--` also go to the build
+# phase, e.g. `bash tests/run.sh --test env_smoke -- --nocapture`.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${REPO_ROOT}"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME}/.cache/volguard/target}"
+
+phase() { printf '\n==== [%s] %s ====\n' "$1" "$2" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -f "${HOME}/.cargo/env" ]]; then
+    # shellcheck disable=SC1091
+    . "${HOME}/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "tests/run.sh: cargo not found in PATH" >&2; exit 1; }
+
+# Arguments before `--` select what cargo builds (--test X, --features ...).
+build_args=()
+for arg in "$@"; do
+    [[ "${arg}" == "--" ]] && break
+    build_args+=("${arg}")
+done
+
+start=${SECONDS}
+
+phase "1/3" "environment setup (tests/env/setup.sh)"
+bash "${REPO_ROOT}/tests/env/setup.sh"
+
+phase "2/3" "build: cargo test --release --no-run (CARGO_TARGET_DIR=${CARGO_TARGET_DIR})"
+cargo test --release --no-run "${build_args[@]}"
+
+phase "3/3" "test: cargo test --release${*:+ $*}"
+cargo test --release "$@"
+
+phase "done" "all tests passed in $((SECONDS - start))s"
