@@ -1,0 +1,299 @@
+//! Running the tools' commands and measuring them.
+//!
+//! Every timed command starts from a cold page cache (when allowed), and its
+//! peak RSS comes from the kernel's own accounting (`wait4` rusage), so the
+//! numbers do not depend on sampling.
+//!
+//! One trap shapes this module: on exec, Linux folds the *old* address
+//! space's RSS high-water mark into the new program's `ru_maxrss`. A command
+//! spawned straight from this bench, which holds a 1 GiB database buffer
+//! while generating data, would report at least that peak. So timed commands
+//! are started by a launcher: this same bench binary re-executed with
+//! [`LAUNCH_FLAG`], a fresh process a few MiB big. It spawns the command (or
+//! both halves of `tar | zstd`, each its own process, not `sh -c`), times
+//! it, reaps each process with `wait4`, and writes the figures to a file.
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// First argument that turns the bench binary into the launcher.
+pub const LAUNCH_FLAG: &str = "--launch-measured";
+
+/// What one timed command cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub wall: Duration,
+    /// Peak resident set size in bytes; for a pipeline the larger of the two.
+    pub peak_rss: u64,
+}
+
+/// Parent to launcher: argv of each process; each one's stdout feeds the
+/// next one's stdin. The launcher's own stdio is inherited at both ends.
+#[derive(Serialize, Deserialize)]
+struct LaunchRequest {
+    pipeline: Vec<Vec<OsString>>,
+    report: PathBuf,
+}
+
+/// Launcher to parent, one entry per process of the pipeline.
+#[derive(Serialize, Deserialize)]
+struct LaunchReport {
+    wall_s: f64,
+    peak_rss: Vec<u64>,
+    /// Raw wait statuses, as `ExitStatus::into_raw`.
+    statuses: Vec<i32>,
+}
+
+/// Runs commands with stdout/stderr captured to files under `logs`, and
+/// drops the page cache before each timed one.
+pub struct Runner {
+    logs: PathBuf,
+    drop_caches: bool,
+    launcher: PathBuf,
+}
+
+impl Runner {
+    /// Fails early if cold-cache runs were requested but are not permitted,
+    /// rather than silently producing warm-cache numbers.
+    pub fn new(logs: PathBuf, drop_caches: bool) -> Result<Self> {
+        let launcher = std::env::current_exe().context("locating the bench executable")?;
+        let runner = Self {
+            logs,
+            drop_caches,
+            launcher,
+        };
+        if drop_caches {
+            runner.drop_page_cache().context(
+                "cannot drop the page cache (needs root); pass --no-drop-caches \
+                 to measure with a warm cache instead",
+            )?;
+        }
+        Ok(runner)
+    }
+
+    pub fn drops_caches(&self) -> bool {
+        self.drop_caches
+    }
+
+    /// Path of a log file; `name` identifies the step, e.g. `restic-backup-a`.
+    pub fn log_path(&self, name: &str, suffix: &str) -> PathBuf {
+        self.logs.join(format!("{name}.{suffix}"))
+    }
+
+    /// Runs a setup command (not measured), failing on a non-zero exit.
+    pub fn untimed(&self, cmd: &mut Command, name: &str) -> Result<()> {
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(self.log_file(name, "out")?)
+            .stderr(self.log_file(name, "err")?)
+            .status()
+            .with_context(|| format!("running {:?} for {name}", cmd.get_program()))?;
+        self.check(status, name)
+    }
+
+    /// Runs one command cold and measures it; stdout lands in `<name>.out`.
+    pub fn timed(&self, cmd: &Command, name: &str) -> Result<Usage> {
+        self.timed_pipeline(&[cmd], name)
+    }
+
+    /// Runs `first | second | ...` cold and measures every process.
+    /// Environment variables set on the commands are passed through the
+    /// launcher; working directories are not supported (none is needed).
+    pub fn timed_pipeline(&self, pipeline: &[&Command], name: &str) -> Result<Usage> {
+        let report_path = self.log_path(name, "rusage.json");
+        let request = LaunchRequest {
+            pipeline: pipeline
+                .iter()
+                .map(|cmd| argv(cmd))
+                .collect::<Result<_>>()?,
+            report: report_path.clone(),
+        };
+        let mut launcher = Command::new(&self.launcher);
+        launcher
+            .arg(LAUNCH_FLAG)
+            .arg(serde_json::to_string(&request)?)
+            .stdin(Stdio::null())
+            .stdout(self.log_file(name, "out")?)
+            .stderr(self.log_file(name, "err")?);
+        for cmd in pipeline {
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(value) => launcher.env(key, value),
+                    None => launcher.env_remove(key),
+                };
+            }
+        }
+        self.drop_page_cache()?;
+        let status = launcher
+            .status()
+            .with_context(|| format!("running the launcher for {name}"))?;
+        self.check(status, name)?;
+        let report: LaunchReport = serde_json::from_slice(
+            &std::fs::read(&report_path)
+                .with_context(|| format!("reading {}", report_path.display()))?,
+        )?;
+        for raw in &report.statuses {
+            self.check(ExitStatus::from_raw(*raw), name)?;
+        }
+        Ok(Usage {
+            wall: Duration::from_secs_f64(report.wall_s),
+            peak_rss: report.peak_rss.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    fn log_file(&self, name: &str, suffix: &str) -> Result<File> {
+        let path = self.log_path(name, suffix);
+        File::create(&path).with_context(|| format!("creating {}", path.display()))
+    }
+
+    /// Turns a failed exit into an error that quotes the end of its stderr.
+    fn check(&self, status: ExitStatus, name: &str) -> Result<()> {
+        if status.success() {
+            return Ok(());
+        }
+        let log = self.log_path(name, "err");
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        bail!(
+            "{name} failed ({status}); last lines of {}:\n{}",
+            log.display(),
+            tail.join("\n")
+        )
+    }
+
+    /// `sync; echo 3 > /proc/sys/vm/drop_caches`: every tool then reads its
+    /// input (and its repository, for restores) from disk, not from memory
+    /// left warm by the tool that ran before it.
+    fn drop_page_cache(&self) -> Result<()> {
+        if !self.drop_caches {
+            return Ok(());
+        }
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        std::fs::write("/proc/sys/vm/drop_caches", "3").context("writing /proc/sys/vm/drop_caches")
+    }
+}
+
+fn argv(cmd: &Command) -> Result<Vec<OsString>> {
+    ensure!(
+        cmd.get_current_dir().is_none(),
+        "timed commands cannot set a working directory"
+    );
+    let mut argv = vec![cmd.get_program().to_owned()];
+    argv.extend(cmd.get_args().map(ToOwned::to_owned));
+    Ok(argv)
+}
+
+/// The launcher's side: `bench --launch-measured <request json>`. Returns
+/// the request when the process was started as a launcher.
+pub fn launch_request() -> Option<OsString> {
+    let mut args = std::env::args_os().skip(1);
+    match args.next() {
+        Some(flag) if flag == LAUNCH_FLAG => args.next(),
+        _ => None,
+    }
+}
+
+/// Runs the pipeline described by `request` and writes its report. The
+/// clock covers the first spawn to the last reap, nothing of the launcher's
+/// own start-up.
+pub fn launch(request: &OsString) -> Result<()> {
+    let request: LaunchRequest = serde_json::from_str(
+        request
+            .to_str()
+            .context("launch request is not UTF-8 JSON")?,
+    )?;
+    let started = Instant::now();
+    let children = spawn_pipeline(&request.pipeline)?;
+    let mut peak_rss = Vec::new();
+    let mut statuses = Vec::new();
+    for child in &children {
+        let (status, rss) = wait_with_rusage(child)?;
+        peak_rss.push(rss);
+        statuses.push(status.into_raw());
+    }
+    let report = LaunchReport {
+        wall_s: started.elapsed().as_secs_f64(),
+        peak_rss,
+        statuses,
+    };
+    std::fs::write(&request.report, serde_json::to_vec(&report)?)
+        .with_context(|| format!("writing {}", request.report.display()))
+}
+
+fn spawn_pipeline(pipeline: &[Vec<OsString>]) -> Result<Vec<Child>> {
+    let mut children: Vec<Child> = Vec::new();
+    for (i, argv) in pipeline.iter().enumerate() {
+        let (program, args) = argv.split_first().context("empty command")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        if let Some(upstream) = children.last_mut().and_then(|c| c.stdout.take()) {
+            cmd.stdin(upstream);
+        }
+        if i + 1 < pipeline.len() {
+            cmd.stdout(Stdio::piped());
+        }
+        match cmd.spawn() {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                // Do not leave the upstream half running without a reader.
+                for child in &mut children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(err).with_context(|| format!("spawning {program:?}"));
+            }
+        }
+    }
+    Ok(children)
+}
+
+/// Reaps `child` with wait4(2) to get its exit status and peak RSS. The
+/// std `Child` is left unreaped in its own eyes, which is harmless: dropping
+/// it neither waits nor kills.
+fn wait_with_rusage(child: &Child) -> Result<(ExitStatus, u64)> {
+    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own child, not yet reaped; both out-pointers
+        // point to live, properly typed locals.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        ensure!(
+            err.kind() == std::io::ErrorKind::Interrupted,
+            "wait4({pid}) failed: {err}"
+        );
+    }
+    // ru_maxrss is in KiB on Linux.
+    let peak_rss = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok((ExitStatus::from_raw(status), peak_rss))
+}
+
+/// Total apparent size (sum of file lengths) of everything under `dir`.
+/// Apparent size rather than allocated blocks: it is what a copy of the
+/// repository to other storage would cost, independent of the filesystem.
+pub fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
+        if entry.file_type().is_file() {
+            total += entry
+                .metadata()
+                .with_context(|| format!("stat {}", entry.path().display()))?
+                .len();
+        }
+    }
+    Ok(total)
+}
