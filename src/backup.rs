@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -31,6 +31,10 @@ use crate::{chunk, fsmeta};
 const INDEX_EVERY_PACKS: usize = 32;
 /// Blobs queued between pipeline stages (each at most one chunk).
 const QUEUE_BLOBS: usize = 16;
+/// Directories queued for readahead ahead of the scanner.
+const READAHEAD_DIRS: usize = 256;
+/// Files up to this size are read ahead; larger ones stream well enough on their own.
+const READAHEAD_FILE_MAX: u64 = 1024 * 1024;
 /// Packs stored at the same time.
 const UPLOAD_CONCURRENCY: usize = 2;
 /// Soft-error messages kept verbatim in the snapshot; the rest are only counted.
@@ -145,6 +149,11 @@ pub fn run(
             })
             .collect();
         drop(pack_rx);
+        let (ra_tx, ra_rx) = bounded(READAHEAD_DIRS);
+        std::thread::Builder::new()
+            .name("readahead".into())
+            .spawn_scoped(s, move || readahead(ra_rx))
+            .expect("spawning a thread");
 
         let mut scanner = Scanner {
             repo,
@@ -154,6 +163,7 @@ pub fn run(
             summary: Summary::default(),
             error_count: 0,
             progress: opts.progress.clone(),
+            readahead: Some(ra_tx),
         };
         let scan_result = scanner.walk(&source.path, &root_meta, parent_root);
         let summary = std::mem::take(&mut scanner.summary);
@@ -345,12 +355,52 @@ fn uploader(
     Ok(())
 }
 
+/// Asks the kernel to start reading the small files of each directory the scanner enters,
+/// so the many small reads of a cold cache overlap instead of waiting one by one. Files the
+/// parent snapshot says are unchanged are only stat'ed (which warms their inodes).
+fn readahead(rx: Receiver<(PathBuf, Option<Arc<Tree>>)>) {
+    for (dir, parent) in rx {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            let Ok(meta) = ent.metadata() else { continue };
+            if !meta.is_file() || meta.len() == 0 || meta.len() > READAHEAD_FILE_MAX {
+                continue;
+            }
+            let name = ent.file_name();
+            let unchanged = parent.as_ref().is_some_and(|t| {
+                t.nodes
+                    .binary_search_by(|n| n.name.as_slice().cmp(name.as_bytes()))
+                    .is_ok_and(|i| {
+                        let p = &t.nodes[i];
+                        p.size == meta.len()
+                            && p.mtime_sec == meta.mtime()
+                            && p.mtime_nsec == meta.mtime_nsec() as u32
+                            && p.inode == meta.ino()
+                    })
+            });
+            if unchanged {
+                continue;
+            }
+            if let Ok(f) = open_for_backup(&ent.path()) {
+                let _ = nix::fcntl::posix_fadvise(
+                    &f,
+                    0,
+                    meta.len() as i64,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+}
+
 /// One directory being built: its own node and the children seen so far.
 struct Frame {
     node: Node,
     children: Vec<Node>,
     /// The same directory in the parent snapshot, for the unchanged-file shortcut.
-    parent: Option<Tree>,
+    parent: Option<Arc<Tree>>,
 }
 
 struct Scanner<'a> {
@@ -362,6 +412,7 @@ struct Scanner<'a> {
     summary: Summary,
     error_count: u64,
     progress: Option<indicatif::ProgressBar>,
+    readahead: Option<Sender<(PathBuf, Option<Arc<Tree>>)>>,
 }
 
 /// A problem with one file that is recorded and skipped.
@@ -458,10 +509,14 @@ impl Scanner<'_> {
             };
             if node.kind == NodeKind::Dir {
                 let parent = if depth == 0 {
-                    parent_root.clone()
+                    parent_root.clone().map(Arc::new)
                 } else {
                     self.parent_subtree(stack.last(), &node.name)
                 };
+                if let Some(ra) = &self.readahead {
+                    // Never wait for it: readahead is an optimization only.
+                    let _ = ra.try_send((path.to_path_buf(), parent.clone()));
+                }
                 self.summary.dirs += 1;
                 stack.push(Frame {
                     node,
@@ -509,14 +564,14 @@ impl Scanner<'_> {
         Ok(root_frame.node)
     }
 
-    fn parent_subtree(&self, top: Option<&Frame>, name: &[u8]) -> Option<Tree> {
+    fn parent_subtree(&self, top: Option<&Frame>, name: &[u8]) -> Option<Arc<Tree>> {
         let t = top?.parent.as_ref()?;
         let i = t
             .nodes
             .binary_search_by(|n| n.name.as_slice().cmp(name))
             .ok()?;
         let sub = t.nodes[i].subtree?;
-        load_parent_tree(self.repo, self.index, &sub)
+        load_parent_tree(self.repo, self.index, &sub).map(Arc::new)
     }
 
     fn store_tree(&mut self, nodes: Vec<Node>) -> Result<BlobId> {
@@ -602,7 +657,10 @@ impl Scanner<'_> {
                 inner: &mut reader,
                 bytes: 0,
             };
-            for c in chunk::chunks(&mut tee, params, seed) {
+            let data_bytes = extents
+                .as_ref()
+                .map_or(size, |e| e.iter().map(|x| x.1).sum());
+            for c in chunk::chunks(&mut tee, data_bytes, params, seed) {
                 match c {
                     Ok(data) => {
                         if let Some(p) = &self.progress {

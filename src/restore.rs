@@ -13,6 +13,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::bounded;
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -262,12 +264,27 @@ pub struct RestoreOptions {
     pub dry_run: bool,
 }
 
-struct FileJob {
+/// One file being restored; shared by the segment jobs that fill it.
+struct FileTarget {
     file: File,
     path: PathBuf,
     display: String,
     node: Node,
+    /// Segments still to be written; whoever writes the last one finishes the file.
+    remaining: AtomicUsize,
+    failed: Mutex<Option<String>>,
 }
+
+/// A piece of a file: chunks `chunks` written at data offset `offset`. Large dense files are
+/// cut into several so both cores decrypt and decompress one big database file together.
+struct FileJob {
+    target: Arc<FileTarget>,
+    chunks: std::ops::Range<usize>,
+    offset: u64,
+}
+
+/// Dense files above this size are restored in segments of this many bytes.
+const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A directory on the walk stack: created on disk only once something inside it is restored.
 struct PendingDir {
@@ -302,12 +319,24 @@ pub fn to_dir(
                 s.spawn(move || {
                     let mut r = RestoreReport::default();
                     for job in rx {
-                        match write_file(repo, index, &job, opts.verify) {
-                            Ok(n) => {
-                                r.bytes += n;
-                                r.verified_files += opts.verify as u64;
+                        let t = &job.target;
+                        match write_segment(repo, index, &job) {
+                            Ok(n) => r.bytes += n,
+                            Err(e) => {
+                                let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
+                                f.get_or_insert_with(|| e.to_string());
                             }
-                            Err(e) => r.errors.push(format!("{}: {e}", job.display)),
+                        }
+                        if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            let result = match failed {
+                                Some(e) => Err(Error::Other(e)),
+                                None => finish_file(t, opts.verify),
+                            };
+                            match result {
+                                Ok(()) => r.verified_files += opts.verify as u64,
+                                Err(e) => r.errors.push(format!("{}: {e}", t.display)),
+                            }
                         }
                     }
                     r
@@ -361,7 +390,9 @@ pub fn to_dir(
                 }
                 return Ok(false);
             }
-            if let Err(e) = restore_entry(node, &path, &display, &mut links, &tx, &mut report) {
+            if let Err(e) =
+                restore_entry(index, node, &path, &display, &mut links, &tx, &mut report)
+            {
                 report.errors.push(format!("{display}: {e}"));
             }
             Ok(false)
@@ -454,6 +485,7 @@ fn ensure_dirs(
 }
 
 fn restore_entry(
+    index: &Index,
     node: &Node,
     path: &Path,
     display: &str,
@@ -482,13 +514,23 @@ fn restore_entry(
             links.insert(group, path.to_path_buf());
         }
         report.files += 1;
-        tx.send(FileJob {
+        let segments = segments(index, node);
+        let target = Arc::new(FileTarget {
             file,
             path: path.to_path_buf(),
             display: display.to_string(),
             node: node.clone(),
-        })
-        .map_err(|_| Error::Other("restore workers stopped".into()))?;
+            remaining: AtomicUsize::new(segments.len()),
+            failed: Mutex::new(None),
+        });
+        for (chunks, offset) in segments {
+            tx.send(FileJob {
+                target: target.clone(),
+                chunks,
+                offset,
+            })
+            .map_err(|_| Error::Other("restore workers stopped".into()))?;
+        }
         return Ok(());
     }
     fsmeta::create_special(path, node).map_err(|e| Error::io("cannot create", path, e))?;
@@ -497,51 +539,82 @@ fn restore_entry(
     Ok(())
 }
 
-/// Writes one file's content (holes stay holes), optionally re-hashes what landed on disk,
-/// then applies its metadata. Returns the data bytes written.
-fn write_file(repo: &Repository, index: &Index, job: &FileJob, verify: bool) -> Result<u64> {
-    let node = &job.node;
-    let mut written = 0u64;
-    if node.extents.is_some() {
-        job.file
-            .set_len(node.size)
-            .map_err(|e| Error::io("cannot size", &job.path, e))?;
+/// How a file is cut into jobs: (chunk range, data offset). Sparse and small files are one
+/// job; large dense files are cut every `SEGMENT_BYTES` using chunk sizes from the index
+/// (a chunk the index does not know ends the cutting; the reader then reports it).
+fn segments(index: &Index, node: &Node) -> Vec<(std::ops::Range<usize>, u64)> {
+    let whole = vec![(0..node.content.len(), 0)];
+    if node.extents.is_some() || node.size <= SEGMENT_BYTES {
+        return whole;
     }
-    let mut runs = DataRuns::new(repo, index, node);
-    let mut out = io::BufWriter::with_capacity(256 * 1024, &job.file);
-    while let Some((offset, data)) = runs.next_run()? {
-        if node.extents.is_some() {
-            out.flush()
-                .map_err(|e| Error::io("cannot write", &job.path, e))?;
-            job.file
-                .write_all_at(&data, offset)
-                .map_err(|e| Error::io("cannot write", &job.path, e))?;
-        } else {
-            out.write_all(&data)
-                .map_err(|e| Error::io("cannot write", &job.path, e))?;
+    let mut out = Vec::new();
+    let (mut start, mut start_offset, mut offset) = (0, 0u64, 0u64);
+    for (i, id) in node.content.iter().enumerate() {
+        let Some((_, loc)) = index.get(id) else {
+            return whole;
+        };
+        offset += loc.raw_length as u64;
+        if offset - start_offset >= SEGMENT_BYTES {
+            out.push((start..i + 1, start_offset));
+            start = i + 1;
+            start_offset = offset;
         }
-        written += data.len() as u64;
     }
-    out.flush()
-        .map_err(|e| Error::io("cannot write", &job.path, e))?;
-    drop(out);
-    let len = job
+    if start < node.content.len() || out.is_empty() {
+        out.push((start..node.content.len(), start_offset));
+    }
+    out
+}
+
+/// Writes one segment of a file (holes stay holes). Returns the data bytes written.
+fn write_segment(repo: &Repository, index: &Index, job: &FileJob) -> Result<u64> {
+    let t = &job.target;
+    let io_err = |e| Error::io("cannot write", &t.path, e);
+    if let Some(_extents) = &t.node.extents {
+        // Sparse files are always one segment: lay the data runs onto the extents.
+        t.file.set_len(t.node.size).map_err(io_err)?;
+        let mut runs = DataRuns::new(repo, index, &t.node);
+        let mut written = 0u64;
+        while let Some((offset, data)) = runs.next_run()? {
+            t.file.write_all_at(&data, offset).map_err(io_err)?;
+            written += data.len() as u64;
+        }
+        return Ok(written);
+    }
+    let mut offset = job.offset;
+    for id in &t.node.content[job.chunks.clone()] {
+        let data = repo.read_blob(index, id)?;
+        if offset + data.len() as u64 > t.node.size {
+            return Err(Error::corrupt(
+                format!("file {}", t.display),
+                "more data than its size",
+            ));
+        }
+        t.file.write_all_at(&data, offset).map_err(io_err)?;
+        offset += data.len() as u64;
+    }
+    Ok(offset - job.offset)
+}
+
+/// After the last segment: size check, optional re-hash, then metadata (last, so the
+/// mtime set is the one that stays).
+fn finish_file(t: &FileTarget, verify: bool) -> Result<()> {
+    let len = t
         .file
         .metadata()
-        .map_err(|e| Error::io("cannot stat", &job.path, e))?
+        .map_err(|e| Error::io("cannot stat", &t.path, e))?
         .len();
-    if len != node.size {
+    if len != t.node.size {
         return Err(Error::corrupt(
-            format!("file {}", job.display),
-            format!("restored {len} bytes, snapshot says {}", node.size),
+            format!("file {}", t.display),
+            format!("restored {len} bytes, snapshot says {}", t.node.size),
         ));
     }
     if verify {
-        verify_file(&job.path, node)?;
+        verify_file(&t.path, &t.node)?;
     }
-    fsmeta::apply_metadata(&job.path, node)
-        .map_err(|e| Error::io("cannot set metadata of", &job.path, e))?;
-    Ok(written)
+    fsmeta::apply_metadata(&t.path, &t.node)
+        .map_err(|e| Error::io("cannot set metadata of", &t.path, e))
 }
 
 /// Re-reads a restored file and compares its plain BLAKE3 with the snapshot's.

@@ -1,10 +1,12 @@
 //! The local-directory backend: one file per object, written crash-safely
 //! (temp file, fsync, rename, fsync of the directory).
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -13,13 +15,36 @@ use super::{Backend, BackendError, Kind, ObjectInfo};
 /// Temp files live inside the repository so the final rename never crosses filesystems.
 const TMP_DIR: &str = "tmp";
 
+/// Open pack files kept for ranged reads: a restore reads thousands of chunks from each
+/// pack, and opening the file for every chunk costs more than reading the chunk.
+const OPEN_FILES: usize = 64;
+
 pub struct LocalBackend {
     root: PathBuf,
+    open: Mutex<HashMap<PathBuf, Arc<File>>>,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Objects are immutable, so a cached handle always reads the right bytes; a deleted
+    /// object is only forgotten here when `delete` goes through this backend.
+    fn open_cached(&self, path: PathBuf) -> std::io::Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(&path) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(&path)?);
+        if open.len() >= OPEN_FILES {
+            open.clear();
+        }
+        open.insert(path, f.clone());
+        Ok(f)
     }
 
     pub fn root(&self) -> &Path {
@@ -133,7 +158,9 @@ impl Backend for LocalBackend {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, BackendError> {
-        let f = File::open(self.path(kind, name)).map_err(|e| self.io("open", kind, name, e))?;
+        let f = self
+            .open_cached(self.path(kind, name))
+            .map_err(|e| self.io("open", kind, name, e))?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset)
             .map_err(|e| self.io("read", kind, name, e))?;
@@ -146,7 +173,12 @@ impl Backend for LocalBackend {
     }
 
     async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError> {
-        fs::remove_file(self.path(kind, name)).map_err(|e| self.io("delete", kind, name, e))
+        let path = self.path(kind, name);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&path);
+        fs::remove_file(path).map_err(|e| self.io("delete", kind, name, e))
     }
 
     async fn create(&self) -> Result<(), BackendError> {
