@@ -1,11 +1,15 @@
 //! Test fixture with every metadata kind volguard must round-trip, and a tree comparison
-//! that reports every difference in type, mode, owner, times, xattrs, content, links,
-//! devices and sparseness.
+//! that reports every difference in names, type, mode, owner, times, xattrs, content,
+//! hard links, devices and sparseness.
+//!
+//! Self-contained (std, libc, nix, xattr) so any integration test can include it; the
+//! fixture needs root (chown, mknod, security.* and trusted.* xattrs) and `setfacl`.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -92,6 +96,7 @@ pub fn build_fixture(dir: &Path) {
     )
     .unwrap();
     xattr::set(d("etc/app.conf"), "user.origin", b"fixture").unwrap();
+    xattr::set(d("etc"), "user.dir-note", b"xattr on a directory").unwrap();
     xattr::set(d("etc/app.conf"), "user.binary", &[0u8, 1, 2, 255]).unwrap();
     fs::write(d("acl-dir/file"), "acl").unwrap();
     run(
@@ -100,6 +105,14 @@ pub fn build_fixture(dir: &Path) {
             OsStr::new("-m"),
             OsStr::new("u:1234:rwx"),
             d("acl-dir/file").as_os_str(),
+        ],
+    );
+    run(
+        "setfacl",
+        &[
+            OsStr::new("-m"),
+            OsStr::new("u:1234:rx"),
+            d("acl-dir").as_os_str(),
         ],
     );
     run(
@@ -115,6 +128,13 @@ pub fn build_fixture(dir: &Path) {
     std::os::unix::fs::symlink("../etc/app.conf", d("bin/relative-link")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", d("bin/absolute-link")).unwrap();
     std::os::unix::fs::symlink("does/not/exist", d("bin/dangling-link")).unwrap();
+    // Linux refuses user.* on symlinks but root may put trusted.* there.
+    xattr::set(
+        d("bin/relative-link"),
+        "trusted.link-note",
+        b"on the link itself",
+    )
+    .unwrap();
 
     fs::write(d("links/a/one"), "hard linked content").unwrap();
     fs::hard_link(d("links/a/one"), d("links/b/two")).unwrap();
@@ -156,43 +176,82 @@ pub fn build_fixture(dir: &Path) {
     fs::write(d("zero-length"), "").unwrap();
 
     // Times last, children before parents, so creating entries does not disturb them.
-    let mut all: Vec<PathBuf> = walk(dir).into_iter().map(|(p, _)| dir.join(p)).collect();
+    let mut errors = Vec::new();
+    let mut all: Vec<PathBuf> = walk(dir, &mut errors)
+        .into_iter()
+        .map(|(p, _)| dir.join(p))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, p) in all.iter().enumerate() {
         set_mtime(p, 1_600_000_000 + i as i64, 123_456_789 - i as i64);
     }
 }
 
-/// Every entry below `root` (not `root` itself) as (relative path, lstat), never following links.
-fn walk(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+/// Every entry below `root` (not `root` itself) as (relative path, lstat), never following
+/// links. What cannot be read is reported in `errors` rather than panicking, so a broken
+/// restore shows up as differences.
+fn walk(root: &Path, errors: &mut Vec<String>) -> Vec<(PathBuf, fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(root.join(&rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let entries = match fs::read_dir(root.join(&rel)) {
+            Ok(it) => it,
+            Err(e) => {
+                errors.push(format!(
+                    "{}: cannot read directory: {e}",
+                    show(&root.join(&rel))
+                ));
+                continue;
+            }
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => errors.push(format!("{}: cannot list: {e}", show(&root.join(&rel)))),
+            }
+        }
         names.sort();
         for n in names {
             let r = rel.join(&n);
-            let m = fs::symlink_metadata(root.join(&r)).unwrap();
-            if m.is_dir() {
-                stack.push(r.clone());
+            match fs::symlink_metadata(root.join(&r)) {
+                Ok(m) => {
+                    if m.is_dir() {
+                        stack.push(r.clone());
+                    }
+                    out.push((r, m));
+                }
+                Err(e) => errors.push(format!("{}: cannot lstat: {e}", show(&root.join(&r)))),
             }
-            out.push((r, m));
         }
     }
     out
 }
 
-fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// A path as an unambiguous, escaped string: names may be non-UTF-8 or contain newlines.
+fn show(p: &Path) -> String {
+    format!("{:?}", p.as_os_str())
+}
+
+/// All xattrs of `p` itself (never a symlink's target); none on a filesystem without them.
+fn xattrs(p: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
+    let names = match xattr::list(p) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("cannot list xattrs: {e}")),
+    };
     let mut out = BTreeMap::new();
-    for n in xattr::list(p).unwrap() {
-        if let Some(v) = xattr::get(p, &n).unwrap() {
-            out.insert(n.as_bytes().to_vec(), v);
+    for n in names {
+        match xattr::get(p, &n) {
+            Ok(Some(v)) => {
+                out.insert(n.as_bytes().to_vec(), v);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot read xattr {n:?}: {e}")),
         }
     }
-    out
+    Ok(out)
 }
 
 fn kind(m: &fs::Metadata) -> &'static str {
@@ -215,12 +274,57 @@ fn kind(m: &fs::Metadata) -> &'static str {
     }
 }
 
-/// Groups of paths sharing an inode, as sorted lists of relative paths.
+/// Reads until `buf` is full or the file ends; returns how many bytes were read.
+fn fill(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Offset of the first byte where the two files differ (a length difference counts at
+/// the shorter length), streamed so large files do not have to fit in memory.
+fn first_difference(a: &Path, b: &Path) -> std::io::Result<Option<u64>> {
+    const BUF: usize = 1 << 20;
+    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; BUF], vec![0u8; BUF]);
+    let mut offset = 0u64;
+    loop {
+        let (na, nb) = (fill(&mut fa, &mut ba)?, fill(&mut fb, &mut bb)?);
+        if let Some(i) = ba[..na.min(nb)]
+            .iter()
+            .zip(&bb[..na.min(nb)])
+            .position(|(x, y)| x != y)
+        {
+            return Ok(Some(offset + i as u64));
+        }
+        if na != nb {
+            return Ok(Some(offset + na.min(nb) as u64));
+        }
+        if na == 0 {
+            return Ok(None);
+        }
+        offset += na as u64;
+    }
+}
+
+/// Groups of paths sharing an inode, as sorted lists of relative paths. An inode whose
+/// other links are outside the tree is not a group: only the partition within the tree
+/// is compared.
 fn link_groups(entries: &[(PathBuf, fs::Metadata)]) -> Vec<Vec<PathBuf>> {
-    let mut by_ino: HashMap<u64, Vec<PathBuf>> = HashMap::new();
+    let mut by_ino: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
     for (p, m) in entries {
         if !m.is_dir() && m.nlink() > 1 {
-            by_ino.entry(m.ino()).or_default().push(p.clone());
+            by_ino
+                .entry((m.dev(), m.ino()))
+                .or_default()
+                .push(p.clone());
         }
     }
     let mut groups: Vec<Vec<PathBuf>> = by_ino.into_values().filter(|g| g.len() > 1).collect();
@@ -231,26 +335,30 @@ fn link_groups(entries: &[(PathBuf, fs::Metadata)]) -> Vec<Vec<PathBuf>> {
     groups
 }
 
-/// Every difference between two trees (empty when identical). The roots' own metadata is
-/// not compared, only what is below them.
+/// Every difference between two trees, one human-readable line each (empty when
+/// identical). Never follows symlinks. The roots' own metadata is not compared, only
+/// what is below them. Per entry: type, mode & 0o7777, owner, mtime with nanoseconds (all
+/// types), all xattrs, symlink target, device number, file size and content, and for a
+/// file that is sparse in `expected` that `actual` did not fill its holes (at most 16
+/// more 512-byte blocks). Across the tree: names (as bytes) and hard-link groups.
 pub fn compare_trees(expected: &Path, actual: &Path) -> Vec<String> {
     let mut diffs = Vec::new();
-    let e = walk(expected);
-    let a = walk(actual);
+    let e = walk(expected, &mut diffs);
+    let a = walk(actual, &mut diffs);
     let a_map: BTreeMap<PathBuf, fs::Metadata> = a.iter().cloned().collect();
     let e_map: BTreeMap<PathBuf, fs::Metadata> = e.iter().cloned().collect();
     for p in a_map.keys().filter(|p| !e_map.contains_key(*p)) {
-        diffs.push(format!("{}: unexpected entry", p.display()));
+        diffs.push(format!("{}: unexpected entry", show(p)));
     }
     for (p, em) in &e_map {
         let Some(am) = a_map.get(p) else {
-            diffs.push(format!("{}: missing", p.display()));
+            diffs.push(format!("{}: missing", show(p)));
             continue;
         };
         let (ep, ap) = (expected.join(p), actual.join(p));
         let mut diff = |what: &str, x: String, y: String| {
             if x != y {
-                diffs.push(format!("{}: {what} {x} != {y}", p.display()));
+                diffs.push(format!("{}: {what} {x} != {y}", show(p)));
             }
         };
         diff("type", kind(em).into(), kind(am).into());
@@ -280,19 +388,23 @@ pub fn compare_trees(expected: &Path, actual: &Path) -> Vec<String> {
         match kind(em) {
             "symlink" => diff(
                 "target",
-                format!("{:?}", fs::read_link(&ep).unwrap()),
-                format!("{:?}", fs::read_link(&ap).unwrap()),
+                format!("{:?}", fs::read_link(&ep)),
+                format!("{:?}", fs::read_link(&ap)),
             ),
             "char" | "block" => diff("rdev", em.rdev().to_string(), am.rdev().to_string()),
             "file" => {
                 diff("size", em.len().to_string(), am.len().to_string());
-                if fs::read(&ep).unwrap() != fs::read(&ap).unwrap() {
-                    diffs.push(format!("{}: content differs", p.display()));
+                match first_difference(&ep, &ap) {
+                    Ok(None) => {}
+                    Ok(Some(at)) => {
+                        diffs.push(format!("{}: content differs from byte {at}", show(p)))
+                    }
+                    Err(e) => diffs.push(format!("{}: cannot compare content: {e}", show(p))),
                 }
                 if em.blocks() * 512 < em.len() && am.blocks() > em.blocks() + 16 {
                     diffs.push(format!(
                         "{}: sparse file lost its holes ({} blocks, expected about {})",
-                        p.display(),
+                        show(p),
                         am.blocks(),
                         em.blocks()
                     ));
