@@ -306,7 +306,10 @@ pub fn to_dir(
     if !opts.dry_run {
         prepare_target(target)?;
     }
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2);
     let (tx, rx) = bounded::<FileJob>(64);
     let mut dir_meta: Vec<(PathBuf, Node)> = Vec::new();
     let (walk_result, worker_reports) = std::thread::scope(|s| {

@@ -74,8 +74,9 @@ fn tar_export_carries_names_links_devices_and_xattrs() {
     assert!(st.success());
     let diffs: Vec<String> = treecmp::compare_trees(&src, &dst)
         .into_iter()
-        // tar has no sparse entries in the form we write and no socket type.
-        .filter(|d| !d.contains("sparse") && !d.contains("hole"))
+        // The tar export writes holes as zeros (no GNU sparse entries), so only the
+        // sparseness check is waived; content, times and xattrs of the file still count.
+        .filter(|d| !d.contains("lost its holes"))
         .collect();
     assert!(diffs.is_empty(), "tar round trip differs: {diffs:#?}");
 
