@@ -7,15 +7,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn write_random(path: &std::path::Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(path, buf).unwrap();
+    std::fs::write(path, pseudo_random(len, seed)).unwrap();
 }
 
 fn pack_bytes(repo: &std::path::Path) -> (usize, u64) {

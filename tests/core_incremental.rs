@@ -7,18 +7,7 @@ use common::*;
 use std::io::Write;
 
 fn write_random(path: &std::path::Path, len: usize, seed: u64) {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    buf.truncate(len);
-    std::fs::write(path, buf).unwrap();
+    std::fs::write(path, pseudo_random(len, seed)).unwrap();
 }
 
 fn dataset(dir: &std::path::Path) {

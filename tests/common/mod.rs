@@ -302,3 +302,20 @@ pub fn require_docker() {
 pub fn volume_data_dir(name: &str) -> PathBuf {
     docker_root().join("volumes").join(name).join("_data")
 }
+
+/// Deterministic incompressible bytes (xorshift64), so tests need no data files.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut buf = Vec::with_capacity(len + 8);
+    while buf.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    buf.truncate(len);
+    buf
+}
