@@ -28,18 +28,7 @@ fn container_data_round_trips_into_a_new_volume() {
     let src = clean.volume(unique("vg-src"));
     let dst = clean.volume(unique("vg-dst"));
     docker(&["volume", "create", &src]);
-    docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{src}:/data"),
-        IMAGE,
-        "sh",
-        "-c",
-        WRITE_DATA,
-    ]);
+    sh_in_volume(&src, WRITE_DATA);
 
     let repo = TestRepo::new();
     repo.run_ok(&["init"]);
@@ -67,18 +56,10 @@ fn container_data_round_trips_into_a_new_volume() {
         "dockerd does not know {dst}"
     );
 
-    let check = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{dst}:/data"),
-        IMAGE,
-        "sh",
-        "-c",
+    let check = sh_in_volume(
+        &dst,
         "cd /data && sha256sum -c MANIFEST >/dev/null && readlink latest.log && stat -c '%a %u:%g' app/blob.bin app/logs && stat -c %h app/blob.bin && ls -d app/empty",
-    ]);
+    );
     let lines: Vec<&str> = check.lines().collect();
     assert_eq!(
         lines,
@@ -102,18 +83,7 @@ fn restore_into_a_volume_in_use_is_refused_and_leaves_it_untouched() {
     let vol = clean.volume(unique("vg-busy"));
     let ctr = clean.container(unique("vg-busy-ctr"));
     docker(&["volume", "create", &vol]);
-    docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{vol}:/data"),
-        IMAGE,
-        "sh",
-        "-c",
-        "echo v1 > /data/f",
-    ]);
+    sh_in_volume(&vol, "echo v1 > /data/f");
     let repo = TestRepo::new();
     repo.run_ok(&["init"]);
     let root = docker_root();
@@ -185,18 +155,7 @@ fn backup_all_covers_every_volume_and_unknown_volume_is_named() {
     let mut clean = DockerCleanup::new();
     let a = clean.volume(unique("vg-all-a"));
     docker(&["volume", "create", &a]);
-    docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{a}:/data"),
-        IMAGE,
-        "sh",
-        "-c",
-        "echo a > /data/a",
-    ]);
+    sh_in_volume(&a, "echo a > /data/a");
     let repo = TestRepo::new();
     repo.run_ok(&["init"]);
     let root = docker_root();

@@ -319,3 +319,19 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     buf.truncate(len);
     buf
 }
+
+/// Runs `sh -c script` in a throwaway container (no network) with `volume` at /data.
+pub fn sh_in_volume(volume: &str, script: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{volume}:/data"),
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ])
+}
