@@ -644,6 +644,15 @@ impl Scanner<'_> {
         if !opened.is_file() || opened.ino() != before.ino() {
             return Ok(false);
         }
+        if opened.len() > READAHEAD_FILE_MAX {
+            // A larger readahead window: large files are read start to end exactly once.
+            let _ = nix::fcntl::posix_fadvise(
+                &file,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+            );
+        }
         let extents = fsmeta::data_extents(&file, &opened)
             .map_err(|e| ReadError::Soft(format!("cannot map holes: {e}")))?;
         let size = opened.len();

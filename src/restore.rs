@@ -292,6 +292,8 @@ struct PendingDir {
     path: PathBuf,
     node: Node,
     created: bool,
+    /// Matched an include pattern itself or through an ancestor: everything below is restored.
+    selected: bool,
 }
 
 /// Restores `snap` into `target`, which must not exist or be an empty directory.
@@ -355,12 +357,7 @@ pub fn to_dir(
             if opts.filter.excluded(rel) {
                 return Ok(false);
             }
-            let selected = opts.filter.included(rel)
-                || stack.iter().any(|d| {
-                    d.created
-                        && opts.filter.include.is_some()
-                        && opts.filter.included(path_rel(target, &d.path).as_bytes())
-                });
+            let selected = opts.filter.included(rel) || stack.last().is_some_and(|d| d.selected);
             let path = target.join(OsStr::from_bytes(rel));
             if node.kind == NodeKind::Dir {
                 stack.push(PendingDir {
@@ -368,6 +365,7 @@ pub fn to_dir(
                     path,
                     node: node.clone(),
                     created: false,
+                    selected,
                 });
                 if selected {
                     ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)?;
@@ -431,13 +429,6 @@ pub fn to_dir(
         report.errors.push(format!("{}: {e}", target.display()));
     }
     Ok(report)
-}
-
-fn path_rel(target: &Path, p: &Path) -> String {
-    p.strip_prefix(target)
-        .unwrap_or(p)
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn prepare_target(target: &Path) -> Result<()> {

@@ -129,4 +129,16 @@ fn include_exclude_and_dry_run_select_entries() {
     );
     assert!(!dst.join("a/b/skip.log").exists());
     assert!(!dst.join("c").exists());
+    // Naming a directory restores everything below it.
+    let dst2 = repo.path().join("dst2");
+    repo.run_ok(&[
+        "restore",
+        "sel",
+        "--target",
+        dst2.to_str().unwrap(),
+        "--include",
+        "a",
+    ]);
+    assert!(dst2.join("a/b/keep.txt").exists() && dst2.join("a/b/skip.log").exists());
+    assert!(!dst2.join("c").exists());
 }
