@@ -368,3 +368,192 @@ fn read_head(path: &Path, n: usize) -> std::io::Result<Vec<u8>> {
         .read_to_end(&mut buf)?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PS: usize = 4096;
+
+    fn meta_page(id: u64, root: u64, txid: u64) -> Vec<u8> {
+        let mut p = vec![0u8; PS];
+        p[0..8].copy_from_slice(&id.to_le_bytes());
+        p[8..10].copy_from_slice(&FLAG_META.to_le_bytes());
+        let m = &mut p[PAGE_HEADER..PAGE_HEADER + META_BYTES];
+        m[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        m[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        m[8..12].copy_from_slice(&(PS as u32).to_le_bytes());
+        m[16..24].copy_from_slice(&root.to_le_bytes());
+        m[32..40].copy_from_slice(&2u64.to_le_bytes()); // freelist
+        m[40..48].copy_from_slice(&9u64.to_le_bytes()); // high water mark
+        m[48..56].copy_from_slice(&txid.to_le_bytes());
+        let sum = fnv1a64(&m[..META_CHECKED]);
+        m[56..64].copy_from_slice(&sum.to_le_bytes());
+        p
+    }
+
+    /// A leaf page (header + elements + data); `id` 0 for an inline page.
+    fn leaf(id: u64, items: &[(&[u8], &[u8], bool)], overflow: u32) -> Vec<u8> {
+        let n = items.len();
+        let mut p = vec![0u8; PAGE_HEADER + n * LEAF_ELEMENT];
+        p[0..8].copy_from_slice(&id.to_le_bytes());
+        p[8..10].copy_from_slice(&FLAG_LEAF.to_le_bytes());
+        p[10..12].copy_from_slice(&(n as u16).to_le_bytes());
+        p[12..16].copy_from_slice(&overflow.to_le_bytes());
+        for (i, (k, v, bucket)) in items.iter().enumerate() {
+            let el = PAGE_HEADER + i * LEAF_ELEMENT;
+            let pos = (p.len() - el) as u32;
+            p[el..el + 4].copy_from_slice(&u32::from(*bucket).to_le_bytes());
+            p[el + 4..el + 8].copy_from_slice(&pos.to_le_bytes());
+            p[el + 8..el + 12].copy_from_slice(&(k.len() as u32).to_le_bytes());
+            p[el + 12..el + 16].copy_from_slice(&(v.len() as u32).to_le_bytes());
+            p.extend_from_slice(k);
+            p.extend_from_slice(v);
+        }
+        p
+    }
+
+    fn branch(id: u64, children: &[(&[u8], u64)]) -> Vec<u8> {
+        let n = children.len();
+        let mut p = vec![0u8; PAGE_HEADER + n * BRANCH_ELEMENT];
+        p[0..8].copy_from_slice(&id.to_le_bytes());
+        p[8..10].copy_from_slice(&FLAG_BRANCH.to_le_bytes());
+        p[10..12].copy_from_slice(&(n as u16).to_le_bytes());
+        for (i, (k, child)) in children.iter().enumerate() {
+            let el = PAGE_HEADER + i * BRANCH_ELEMENT;
+            let pos = (p.len() - el) as u32;
+            p[el..el + 4].copy_from_slice(&pos.to_le_bytes());
+            p[el + 4..el + 8].copy_from_slice(&(k.len() as u32).to_le_bytes());
+            p[el + 8..el + 16].copy_from_slice(&child.to_le_bytes());
+            p.extend_from_slice(k);
+        }
+        p
+    }
+
+    fn bucket_header(root: u64) -> Vec<u8> {
+        let mut v = root.to_le_bytes().to_vec();
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v
+    }
+
+    fn padded(mut p: Vec<u8>, pages: usize) -> Vec<u8> {
+        assert!(p.len() <= pages * PS);
+        p.resize(pages * PS, 0);
+        p
+    }
+
+    /// meta 0 (txid 1), meta 1 (txid 2), freelist, root leaf (page 3) with bucket `volumes`
+    /// (branch page 4 → leaves 5 and 6, 6 with one overflow page) and inline bucket `inl`.
+    fn sample(branch_children: &[(&[u8], u64)]) -> Vec<u8> {
+        let mut inline = bucket_header(0);
+        inline.extend(leaf(0, &[(b"k", b"inline-value", false)], 0));
+        let vol_bucket = bucket_header(4);
+        let big = vec![b'x'; 5000];
+        let mut f = Vec::new();
+        f.extend(meta_page(0, 3, 1));
+        f.extend(meta_page(1, 3, 2));
+        f.extend(padded(vec![0; PAGE_HEADER], 1));
+        f.extend(padded(
+            leaf(
+                3,
+                &[(b"inl", &inline, true), (b"volumes", &vol_bucket, true)],
+                0,
+            ),
+            1,
+        ));
+        f.extend(padded(branch(4, branch_children), 1));
+        f.extend(padded(
+            leaf(
+                5,
+                &[
+                    (b"a", br#"{"Name":"a","Driver":"local"}"#, false),
+                    (b"b", b"{}", false),
+                ],
+                0,
+            ),
+            1,
+        ));
+        f.extend(padded(leaf(6, &[(b"c", &big, false)], 1), 2));
+        f
+    }
+
+    fn good() -> Vec<u8> {
+        sample(&[(b"a", 5), (b"c", 6)])
+    }
+
+    #[test]
+    fn reads_branches_overflow_and_inline_buckets() {
+        let db = Db::parse(good()).unwrap();
+        assert_eq!(db.txid(), 2);
+        let vols = db.bucket(b"volumes").unwrap().unwrap();
+        let keys: Vec<&[u8]> = vols.iter().map(|e| e.key.as_slice()).collect();
+        assert_eq!(keys, [b"a".as_slice(), b"b", b"c"]);
+        assert_eq!(vols[2].value.len(), 5000);
+        let inl = db.bucket(b"inl").unwrap().unwrap();
+        assert_eq!(inl[0].value, b"inline-value");
+        assert!(db.bucket(b"nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_damaged_meta_falls_back_to_the_other() {
+        let mut f = good();
+        f[PS + PAGE_HEADER + 50] ^= 1; // meta 1's txid, checksum now wrong
+        assert_eq!(Db::parse(f.clone()).unwrap().txid(), 1);
+        f[PAGE_HEADER + 50] ^= 1; // meta 0 too
+        assert!(Db::parse(f).is_err());
+    }
+
+    #[test]
+    fn cycles_and_shared_children_are_errors() {
+        for children in [&[(b"a".as_slice(), 4u64)][..], &[(b"a", 5), (b"b", 5)]] {
+            let db = Db::parse(sample(children)).unwrap();
+            let err = db.bucket(b"volumes").unwrap_err();
+            assert!(err.to_string().contains("twice"), "{err}");
+        }
+        let db = Db::parse(sample(&[(b"a", 1)])).unwrap();
+        assert!(db.bucket(b"volumes").is_err());
+        let db = Db::parse(sample(&[(b"a", u64::MAX)])).unwrap();
+        assert!(db.bucket(b"volumes").is_err());
+    }
+
+    /// Whatever the damage, the reader answers Ok or Err; it never panics or loops.
+    #[test]
+    fn truncated_and_bit_flipped_files_never_panic() {
+        let f = good();
+        for len in (0..f.len()).step_by(7) {
+            if let Ok(db) = Db::parse(f[..len].to_vec()) {
+                let _ = db.bucket(b"volumes");
+                let _ = db.bucket(b"inl");
+            }
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut g = f.clone();
+            for _ in 0..(next() % 4 + 1) {
+                // Bias damage towards the interesting pages (metas' fields, 3..6).
+                let off = if next() % 2 == 0 {
+                    (next() as usize) % g.len()
+                } else {
+                    (3 * PS + (next() as usize) % 300) + PS * ((next() as usize) % 4)
+                };
+                g[off] ^= 1 << (next() % 8);
+            }
+            if let Ok(db) = Db::parse(g) {
+                let _ = db.bucket(b"volumes");
+                let _ = db.bucket(b"inl");
+            }
+        }
+        for seed in 0..50u64 {
+            let noise: Vec<u8> = (0..(seed as usize * 997) % 20000)
+                .map(|i| (i as u64).wrapping_mul(seed | 1).wrapping_add(seed) as u8)
+                .collect();
+            assert!(Db::parse(noise).is_err());
+        }
+    }
+}
