@@ -117,13 +117,21 @@ pub fn collect(root: &Path, opts: &Options) -> Inventory {
                         && m.anonymous_spec
                         && m.name.as_deref() == Some(&r.name)
                 });
-            let data_mount = if r.driver == "local" {
+            // Names come from files: only a valid one may become a path under the root.
+            let safe = crate::docker::valid_volume_name(&r.name);
+            if !safe {
+                warnings.push(format!(
+                    "volume {:?}: not a valid volume name; its directory is not inspected",
+                    r.name
+                ));
+            }
+            let data_mount = if safe && r.driver == "local" {
                 volumes::data_mount(root, &r.name, &mut warnings)
             } else {
                 DataMount::default()
             };
             let data = crate::docker::volume_dir(root, &r.name).join("_data");
-            let (size_bytes, file_count) = if opts.sizes && data.is_dir() {
+            let (size_bytes, file_count) = if safe && opts.sizes && data.is_dir() {
                 let (b, n) = volumes::tree_size(&data, &mut warnings);
                 (Some(b), Some(n))
             } else {

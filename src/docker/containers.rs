@@ -147,7 +147,7 @@ pub fn read_container(root: &Path, dir: &Path) -> Result<(Container, Option<Stri
                 _ => MountKind::Other,
             };
             let mut source = m.source;
-            if kind == MountKind::Volume && source.is_empty() && !m.name.is_empty() {
+            if kind == MountKind::Volume && source.is_empty() && super::valid_volume_name(&m.name) {
                 // Empty until first start for image VOLUMEs and `-v /path`.
                 source = super::volume_dir(root, &m.name)
                     .join("_data")
@@ -280,5 +280,34 @@ mod tests {
         );
         assert!(parse_bind("named:/data").is_none());
         assert!(parse_bind("/x").is_none());
+    }
+
+    #[test]
+    fn sparse_records_read_and_bad_hostconfig_is_a_warning() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("containers").join("abc");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.v2.json"),
+            r#"{"Name":"/x","Config":null,"MountPoints":{"/d":{"Name":"v1","Destination":"/d","RW":true,"Spec":{}}}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("hostconfig.json"), "[").unwrap();
+        let (c, warning) = read_container(root.path(), &dir).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.name.as_str(), c.running),
+            ("abc", "x", false)
+        );
+        let m = &c.mounts[0];
+        assert_eq!(m.kind, MountKind::Volume);
+        assert!(m.anonymous_spec);
+        assert!(m.source.ends_with("volumes/v1/_data"), "{}", m.source);
+        assert!(warning.unwrap().contains("hostconfig.json"));
+
+        std::fs::write(dir.join("config.v2.json"), "{\"State\": 5}").unwrap();
+        let (list, warnings) = read_containers(root.path());
+        assert!(list.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("config.v2.json"), "{warnings:?}");
     }
 }
