@@ -57,6 +57,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Verify the repository's structure, and with --read-data every byte of it.
     Check(CheckArgs),
+    /// List Docker volumes and containers, and what mounts what (read from the data root).
+    Inventory(InventoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -137,4 +139,11 @@ pub struct CheckArgs {
     /// Also read, decrypt and re-hash every blob.
     #[arg(long)]
     pub read_data: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// Also compute each volume's size and file count (walks every volume).
+    #[arg(long)]
+    pub sizes: bool,
 }

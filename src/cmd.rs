@@ -10,15 +10,17 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, ExportArgs, InitArgs, RestoreArgs, SnapshotsArgs,
+    BackupArgs, CheckArgs, Cli, Command, ExportArgs, InitArgs, InventoryArgs, RestoreArgs,
+    SnapshotsArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
+use crate::docker::containers;
 use crate::error::{Error, Result, exit};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
-use crate::{backup, check, docker, restore};
+use crate::{backup, check, docker, inventory, restore};
 
 /// Everything a command needs besides its own arguments.
 struct Ctx {
@@ -58,6 +60,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore_cmd(&ctx, &a),
         Command::Export(a) => export(&ctx, &a),
         Command::Check(a) => check_cmd(&ctx, &a),
+        Command::Inventory(a) => inventory_cmd(&ctx, &a),
     }
 }
 
@@ -642,4 +645,152 @@ fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
     } else {
         exit::ERROR
     })
+}
+
+fn inventory_cmd(ctx: &Ctx, a: &InventoryArgs) -> Result<i32> {
+    let root = &ctx.docker_root;
+    if !root.join("volumes").is_dir() && !root.join("containers").is_dir() {
+        return Err(Error::Other(format!(
+            "{} has neither volumes/ nor containers/: not a Docker data root (set --docker-root)",
+            root.display()
+        )));
+    }
+    let inv = inventory::collect(root, &inventory::Options { sizes: a.sizes });
+    for w in &inv.warnings {
+        tracing::warn!("{w}");
+    }
+    if ctx.json {
+        let v = serde_json::to_value(&inv)
+            .map_err(|e| Error::Other(format!("cannot encode the inventory: {e}")))?;
+        print_json(&v);
+    } else {
+        print!("{}", inventory_table(&inv, a.sizes));
+    }
+    Ok(if inv.warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}
+
+fn inventory_table(inv: &inventory::Inventory, sizes: bool) -> String {
+    fn table(rows: &[Vec<String>]) -> String {
+        let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                rows.iter()
+                    .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+    let yes = |b: bool| if b { "yes" } else { "-" }.to_string();
+    let mut rows = vec![
+        vec![
+            "VOLUME",
+            "DRIVER",
+            "ANON",
+            "DANGLING",
+            "MOUNTPOINT",
+            "SIZE",
+            "FILES",
+            "USED BY",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>(),
+    ];
+    for v in &inv.volumes {
+        let used: Vec<String> = v
+            .containers
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{}{}{}",
+                    c.name,
+                    c.destination,
+                    if c.rw { "" } else { ":ro" },
+                    if c.running { " (running)" } else { "" }
+                )
+            })
+            .collect();
+        let mountpoint = match (&v.data_mount.mount_type, v.data_mount.mounted_now) {
+            (Some(t), true) => format!("{t}, mounted"),
+            (Some(t), false) => t.clone(),
+            (None, true) => "mounted".to_string(),
+            (None, false) => "-".to_string(),
+        };
+        rows.push(vec![
+            v.name.clone(),
+            v.driver.clone(),
+            yes(v.anonymous),
+            yes(v.dangling),
+            mountpoint,
+            v.size_bytes.map_or("-".into(), human_bytes),
+            v.file_count.map_or("-".into(), |n| n.to_string()),
+            if used.is_empty() {
+                "-".into()
+            } else {
+                used.join(", ")
+            },
+        ]);
+    }
+    if !sizes {
+        for r in &mut rows {
+            r.drain(5..7);
+        }
+    }
+    let mut out = table(&rows);
+    out.push('\n');
+    let mut rows = vec![
+        ["CONTAINER", "NAME", "IMAGE", "RUNNING", "MOUNTS"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    ];
+    for c in &inv.containers {
+        let mounts: Vec<String> = c
+            .mounts
+            .iter()
+            .map(|m| {
+                let what = match m.kind {
+                    containers::MountKind::Volume => m.name.clone().unwrap_or_default(),
+                    containers::MountKind::Bind => format!("bind {}", m.source),
+                    containers::MountKind::Tmpfs => "tmpfs".to_string(),
+                    containers::MountKind::Other => "other".to_string(),
+                };
+                format!(
+                    "{}={what}{}{}",
+                    m.destination,
+                    if m.rw { "" } else { " (ro)" },
+                    if m.backed_up { "" } else { " [not backed up]" }
+                )
+            })
+            .collect();
+        rows.push(vec![
+            c.id.chars().take(12).collect(),
+            c.name.clone(),
+            c.image.clone(),
+            yes(c.running),
+            if mounts.is_empty() {
+                "-".into()
+            } else {
+                mounts.join(", ")
+            },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fsmeta;
 pub mod ids;
 pub mod index;
+pub mod inventory;
 pub mod pack;
 pub mod repo;
 pub mod restore;

@@ -1,6 +1,11 @@
-//! The minimal read-only view of Docker's on-disk state that backup and restore need:
-//! where the data root is, which volumes exist, and which running containers mount one.
-//! (The full model — metadata.db, layers, inventory — is its own piece of work.)
+//! The read-only view of Docker's on-disk state (DESIGN §4): where the data root is, which
+//! volumes exist ([`volumes`], from `metadata.db` through [`bolt`]), which containers exist
+//! and what they mount ([`containers`]). Nothing here talks to dockerd except
+//! [`create_volume`], and nothing takes a lock.
+
+pub mod bolt;
+pub mod containers;
+pub mod volumes;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -85,61 +90,23 @@ pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
     )))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerConfig {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    state: ContainerState,
-    #[serde(default)]
-    mount_points: std::collections::HashMap<String, MountPoint>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerState {
-    #[serde(default)]
-    running: bool,
-    #[serde(default)]
-    pid: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct MountPoint {
-    #[serde(default, rename = "Type")]
-    kind: String,
-    #[serde(default)]
-    name: String,
-}
-
 /// Names of running containers that mount `volume`. config.v2.json can be stale (dockerd
 /// killed), so "running" is confirmed by the container's pid still existing.
 pub fn running_mounters(root: &Path, volume: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(root.join("containers")) else {
-        return out;
-    };
-    for ent in rd.flatten() {
-        let Ok(bytes) = std::fs::read(ent.path().join("config.v2.json")) else {
-            continue;
-        };
-        let Ok(cfg) = serde_json::from_slice::<ContainerConfig>(&bytes) else {
-            tracing::warn!(container = %ent.path().display(), "unreadable config.v2.json, skipped");
-            continue;
-        };
-        let alive = cfg.state.running
-            && cfg.state.pid > 0
-            && Path::new(&format!("/proc/{}", cfg.state.pid)).exists();
-        let mounts = cfg
-            .mount_points
-            .values()
-            .any(|m| m.kind == "volume" && m.name == volume);
-        if alive && mounts {
-            out.push(cfg.name.trim_start_matches('/').to_string());
-        }
+    let (list, warnings) = containers::read_containers(root);
+    for w in warnings {
+        tracing::warn!("{w}");
     }
+    let mut out: Vec<String> = list
+        .into_iter()
+        .filter(|c| {
+            c.running
+                && c.mounts.iter().any(|m| {
+                    m.kind == containers::MountKind::Volume && m.name.as_deref() == Some(volume)
+                })
+        })
+        .map(|c| c.name)
+        .collect();
     out.sort();
     out
 }
