@@ -50,7 +50,9 @@ fn main() {
         (false, 2) => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("VOLGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_env("VOLGUARD_LOG")
+        // The AWS SDK warns about absent optional config files; those are not our errors.
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},aws_config=error")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
