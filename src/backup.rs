@@ -35,8 +35,6 @@ const QUEUE_BLOBS: usize = 16;
 const READAHEAD_DIRS: usize = 256;
 /// Files up to this size are read ahead; larger ones stream well enough on their own.
 const READAHEAD_FILE_MAX: u64 = 1024 * 1024;
-/// Packs stored at the same time.
-const UPLOAD_CONCURRENCY: usize = 2;
 /// Soft-error messages kept verbatim in the snapshot; the rest are only counted.
 const MAX_ERROR_MESSAGES: usize = 1000;
 
@@ -138,7 +136,7 @@ pub fn run(
             .name("packer".into())
             .spawn_scoped(s, || packer(repo, sealed_rx, pack_tx))
             .expect("spawning a thread");
-        let uploaders: Vec<_> = (0..UPLOAD_CONCURRENCY)
+        let uploaders: Vec<_> = (0..repo.backend().upload_concurrency())
             .map(|i| {
                 let rx = pack_rx.clone();
                 let state = &upload_state;

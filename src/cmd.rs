@@ -70,7 +70,7 @@ impl Ctx {
     }
 
     fn backend(&self) -> Result<Arc<dyn Backend>> {
-        self.location.backend()
+        self.location.backend(&self.file.s3)
     }
 
     /// Opens the repository; the embedded default is created on first use.

@@ -38,6 +38,10 @@ pub struct FileConfig {
     pub docker_root: Option<PathBuf>,
     /// Host name recorded in snapshots (default: the machine's hostname).
     pub host: Option<String>,
+    /// S3 endpoint, credentials and tuning (`[s3]` table); unset fields come from the
+    /// standard AWS sources.
+    #[serde(default)]
+    pub s3: crate::backend::s3::S3Settings,
 }
 
 impl FileConfig {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::local::LocalBackend;
-use crate::backend::s3::S3Backend;
+use crate::backend::s3::{S3Backend, S3Settings};
 use crate::backend::{Backend, Kind};
 use crate::crypto::{self, KeyEntry, Keys, Purpose, Secret};
 use crate::error::{Error, Result};
@@ -101,10 +101,10 @@ impl Location {
         Ok(Location::Local(path.into()))
     }
 
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+    pub fn backend(&self, s3: &S3Settings) -> Result<Arc<dyn Backend>> {
         match self {
             Location::Local(p) => Ok(Arc::new(LocalBackend::new(p.clone()))),
-            Location::S3 { bucket, prefix } => Ok(Arc::new(S3Backend::new(bucket, prefix)?)),
+            Location::S3 { bucket, prefix } => Ok(Arc::new(S3Backend::new(bucket, prefix, s3)?)),
         }
     }
 }
@@ -161,6 +161,7 @@ impl Repository {
     ) -> Result<Repository> {
         let runtime = runtime()?;
         let location = backend.location();
+        runtime.block_on(backend.check_reachable())?;
         if runtime.block_on(backend.exists(Kind::Config, "config"))? {
             return Err(Error::Other(format!(
                 "a repository already exists at {location}; nothing was changed"
@@ -201,6 +202,7 @@ impl Repository {
     pub fn open(backend: Arc<dyn Backend>, secret: &Secret) -> Result<Repository> {
         let runtime = runtime()?;
         let location = backend.location();
+        runtime.block_on(backend.check_reachable())?;
         let sealed_config = match runtime.block_on(backend.get(Kind::Config, "config")) {
             Ok(c) => c,
             Err(e) if e.is_not_found() => {

@@ -93,4 +93,14 @@ pub trait Backend: Send + Sync {
     async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError>;
     /// Creates whatever the store needs before the first object (directories, ...).
     async fn create(&self) -> Result<(), BackendError>;
+    /// Fails with one clear line when the store cannot be used at all (missing bucket,
+    /// wrong credentials or region, not an S3 endpoint), before any real work starts.
+    async fn check_reachable(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Packs a backup stores at the same time: enough to hide one request's latency
+    /// behind the next pack's transfer; each in flight holds one pack in memory.
+    fn upload_concurrency(&self) -> usize {
+        2
+    }
 }

@@ -2,32 +2,151 @@
 //! the same layout as the local directory store (`config`, `keys/<id>`,
 //! `packs/<xx>/<id>`, `index/<id>`, `snapshots/<id>`).
 //!
-//! Settings come from the standard AWS sources (environment, profile files): the endpoint
-//! from `AWS_ENDPOINT_URL`, the region from `AWS_REGION`/`AWS_DEFAULT_REGION`/the profile,
-//! else `us-east-1`. A custom endpoint gets path-style addressing unless
-//! `VOLGUARD_S3_PATH_STYLE=0`. Checksums are only computed when an operation requires
-//! them (many S3-compatible servers reject the SDK's default CRC trailers), and every
-//! PutObject carries a `Content-MD5` header, which Object Lock buckets require.
+//! Settings come from the standard AWS sources (environment including `AWS_ENDPOINT_URL`,
+//! shared config and credentials files, profiles, container and instance roles), each
+//! overridable by the `[s3]` table of volguard's config file (see [`S3Settings`]). A custom
+//! endpoint gets path-style addressing unless told otherwise. Checksums are only computed
+//! when an operation requires them (many S3-compatible servers reject the SDK's default
+//! CRC trailers and aws-chunked bodies), and every PutObject and UploadPart carries a
+//! `Content-MD5` header, which Object Lock buckets require.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
 use base64::Engine;
+use bytes::Bytes;
 use md5::{Digest, Md5};
+use serde::Deserialize;
 
 use super::{Backend, BackendError, Kind, ObjectInfo};
 
-/// Attempts per request (the first try included) with the SDK's standard retry strategy.
+/// Attempts per request (the first try included) with the SDK's standard retry strategy,
+/// which backs off exponentially with full jitter on 5xx, throttling (SlowDown), timeouts
+/// and connection resets.
 const MAX_ATTEMPTS: u32 = 5;
-/// Region used when no standard source names one.
+/// Region used when no source names one.
 const DEFAULT_REGION: &str = "us-east-1";
-/// Set to `0` to keep virtual-hosted-style addressing with a custom endpoint.
-const PATH_STYLE_ENV: &str = "VOLGUARD_S3_PATH_STYLE";
+/// A server that does not accept a connection within this is treated as down (retried).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the first byte of an answer, upload time included; a hung server
+/// fails the attempt instead of the whole backup hanging.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Packs stored at the same time by default (each in flight holds one pack in memory).
+const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
+/// Objects above this go up in parts by default. Packs (16 MiB) stay single requests: for
+/// them a multipart upload costs two extra round trips and buys nothing.
+const DEFAULT_MULTIPART_THRESHOLD_MIB: u64 = 64;
+const DEFAULT_PART_SIZE_MIB: u64 = 16;
+/// Parts of one object uploaded at the same time by default.
+const DEFAULT_PART_CONCURRENCY: usize = 4;
+/// S3's lower bound on every part but the last.
+const MIN_PART_SIZE_MIB: u64 = 5;
+
+/// The `[s3]` table of the config file. Every field is optional: unset ones come from the
+/// standard AWS sources or the defaults above. Secrets are only ever given by file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// e.g. `https://s3.example.internal:9000`; default `AWS_ENDPOINT_URL` or AWS itself.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); default on for custom endpoints.
+    pub path_style: Option<bool>,
+    /// A profile of the shared AWS config and credentials files.
+    pub profile: Option<String>,
+    /// Static credentials: the key id, with the secret key read from a 0600 file.
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Storage class for packs (e.g. `STANDARD_IA`); metadata stays in the default class
+    /// because it is read on every run.
+    pub storage_class: Option<String>,
+    /// Server-side encryption: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS).
+    pub sse: Option<String>,
+    /// KMS key for `sse = "aws:kms"`; default the bucket's / account's key.
+    pub sse_kms_key_id: Option<String>,
+    /// PEM file of extra root certificates for a private endpoint (added to the system's).
+    pub ca_bundle: Option<PathBuf>,
+    /// Packs stored at the same time.
+    pub upload_concurrency: Option<usize>,
+    pub multipart_threshold_mib: Option<u64>,
+    pub part_size_mib: Option<u64>,
+    pub part_concurrency: Option<usize>,
+}
+
+/// Settings after validation, as the backend uses them.
+struct Tuning {
+    upload_concurrency: usize,
+    multipart_threshold: usize,
+    part_size: usize,
+    part_concurrency: usize,
+    storage_class: Option<StorageClass>,
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key_id: Option<String>,
+}
+
+impl S3Settings {
+    fn tuning(&self) -> Result<Tuning, BackendError> {
+        let bad = |what: String| BackendError::Other(format!("config [s3]: {what}"));
+        let count = |v: Option<usize>, name: &str, default: usize| match v {
+            Some(0) => Err(bad(format!("{name} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let part_size_mib = self.part_size_mib.unwrap_or(DEFAULT_PART_SIZE_MIB);
+        if part_size_mib < MIN_PART_SIZE_MIB {
+            return Err(bad(format!(
+                "part_size_mib = {part_size_mib} is below S3's minimum part size of {MIN_PART_SIZE_MIB} MiB"
+            )));
+        }
+        let sse = match self.sse.as_deref() {
+            None => None,
+            Some("AES256") => Some(ServerSideEncryption::Aes256),
+            Some("aws:kms") => Some(ServerSideEncryption::AwsKms),
+            Some(other) => {
+                return Err(bad(format!(
+                    "sse = {other:?} is not known; use \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"
+                )));
+            }
+        };
+        if self.sse_kms_key_id.is_some() && sse != Some(ServerSideEncryption::AwsKms) {
+            return Err(bad(
+                "sse_kms_key_id is set but sse is not \"aws:kms\"".into()
+            ));
+        }
+        let mib = |m: u64| usize::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        Ok(Tuning {
+            upload_concurrency: count(
+                self.upload_concurrency,
+                "upload_concurrency",
+                DEFAULT_UPLOAD_CONCURRENCY,
+            )?,
+            multipart_threshold: mib(self
+                .multipart_threshold_mib
+                .unwrap_or(DEFAULT_MULTIPART_THRESHOLD_MIB)),
+            part_size: mib(part_size_mib),
+            part_concurrency: count(
+                self.part_concurrency,
+                "part_concurrency",
+                DEFAULT_PART_CONCURRENCY,
+            )?,
+            storage_class: self.storage_class.as_deref().map(StorageClass::from),
+            sse,
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+        })
+    }
+}
 
 pub struct S3Backend {
     client: Client,
@@ -36,36 +155,83 @@ pub struct S3Backend {
     prefix: String,
     /// Where requests go, for messages: the custom endpoint or `AWS S3 (<region>)`.
     endpoint: String,
+    tuning: Tuning,
 }
 
 impl S3Backend {
     /// Loads the AWS settings and builds the client. Runs on a small runtime of its own,
     /// so callers stay synchronous; requests later run on the repository's runtime.
-    pub fn new(bucket: &str, prefix: &str) -> Result<S3Backend, BackendError> {
+    pub fn new(
+        bucket: &str,
+        prefix: &str,
+        settings: &S3Settings,
+    ) -> Result<S3Backend, BackendError> {
+        let tuning = settings.tuning()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| BackendError::Other(format!("cannot start a runtime for S3: {e}")))?;
-        Ok(rt.block_on(Self::build(bucket, prefix)))
+        rt.block_on(Self::build(bucket, prefix, settings, tuning))
     }
 
-    async fn build(bucket: &str, prefix: &str) -> S3Backend {
+    async fn build(
+        bucket: &str,
+        prefix: &str,
+        settings: &S3Settings,
+        tuning: Tuning,
+    ) -> Result<S3Backend, BackendError> {
         // Environment and profile files only: the instance-metadata lookup of the default
-        // chain would stall for seconds on a host that is not a cloud VM.
-        let region = RegionProviderChain::first_try(
-            aws_config::environment::region::EnvironmentVariableRegionProvider::new(),
-        )
-        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
-        .or_else(DEFAULT_REGION);
-        let shared = aws_config::defaults(BehaviorVersion::latest())
+        // region chain would stall for seconds on a host that is not a cloud VM.
+        let region =
+            RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
+                .or_else(aws_config::environment::region::EnvironmentVariableRegionProvider::new())
+                .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+                .or_else(DEFAULT_REGION);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
-            .load()
-            .await;
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            );
+        if let Some(p) = &settings.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(e) = &settings.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        match (&settings.access_key_id, &settings.secret_access_key_file) {
+            (Some(id), Some(file)) => {
+                let secret = crate::config::read_secret_file(file, "S3 secret access key file")
+                    .map_err(|e| BackendError::Other(e.to_string()))?;
+                let secret = String::from_utf8(secret).map_err(|_| {
+                    BackendError::Other(format!(
+                        "S3 secret access key file {} is not text",
+                        file.display()
+                    ))
+                })?;
+                loader = loader.credentials_provider(Credentials::new(
+                    id,
+                    secret,
+                    None,
+                    None,
+                    "volguard config",
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(BackendError::Other(
+                    "config [s3]: access_key_id and secret_access_key_file go together; set both or neither".into(),
+                ));
+            }
+        }
+        if let Some(ca) = &settings.ca_bundle {
+            loader = loader.http_client(http_client_trusting(ca)?);
+        }
+        let shared = loader.load().await;
         let custom_endpoint = shared.endpoint_url().map(str::to_string);
-        let path_style = custom_endpoint.is_some()
-            && std::env::var(PATH_STYLE_ENV)
-                .map(|v| v != "0")
-                .unwrap_or(true);
+        let path_style = settings.path_style.unwrap_or(custom_endpoint.is_some());
         let conf = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -79,12 +245,13 @@ impl S3Backend {
                 .unwrap_or_else(|| DEFAULT_REGION.into());
             format!("AWS S3 ({r})")
         });
-        S3Backend {
+        Ok(S3Backend {
             client: Client::from_conf(conf),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             endpoint,
-        }
+            tuning,
+        })
     }
 
     fn key(&self, kind: Kind, name: &str) -> String {
@@ -113,10 +280,26 @@ impl S3Backend {
         let what = match (err.code(), err.message()) {
             (Some(code), Some(msg)) if !msg.is_empty() => format!("{code}: {msg}"),
             (Some(code), _) => code.to_string(),
-            _ => match status {
+            _ => match (status, err) {
                 // HEAD responses carry no body, so no code: name the usual ones.
-                Some(403) => "AccessDenied (a HEAD answer carries no error code: wrong credentials or no permission)".to_string(),
-                Some(404) => "NotFound (a HEAD answer carries no error code)".to_string(),
+                (Some(403), _) => "AccessDenied (a HEAD answer carries no error code: wrong credentials or no permission)".to_string(),
+                (Some(404), _) => "NotFound (a HEAD answer carries no error code)".to_string(),
+                (_, SdkError::DispatchFailure(d)) => {
+                    let cause = d
+                        .as_connector_error()
+                        .map(|c| root_cause(c))
+                        .unwrap_or_else(|| one_line(&DisplayErrorContext(err).to_string()));
+                    let hint = if cause.contains("certificate") {
+                        "the server's TLS certificate is not trusted: put the CA certificate that signed it in a PEM file and name that file as ca_bundle in the [s3] config table"
+                    } else {
+                        "is it running, and is the endpoint right?"
+                    };
+                    format!("cannot reach the server ({cause}) after {MAX_ATTEMPTS} attempts; {hint}")
+                }
+                (_, SdkError::TimeoutError(_)) => format!(
+                    "no answer within {}s after {MAX_ATTEMPTS} attempts; the server is overloaded or hung",
+                    READ_TIMEOUT.as_secs()
+                ),
                 _ => one_line(&DisplayErrorContext(err).to_string()),
             },
         };
@@ -164,6 +347,199 @@ impl S3Backend {
     }
 }
 
+impl S3Backend {
+    /// Packs get the configured storage class; everything else is read on every run and
+    /// stays in the bucket's default class.
+    fn storage_class(&self, kind: Kind) -> Option<StorageClass> {
+        (kind == Kind::Pack)
+            .then(|| self.tuning.storage_class.clone())
+            .flatten()
+    }
+
+    /// Uploads a large object in parts, a bounded number at a time. On any failure the
+    /// upload is aborted so no invisible parts are left to be billed; if even the abort
+    /// fails, the bucket's AbortIncompleteMultipartUpload rule is what cleans up.
+    async fn put_multipart(&self, kind: Kind, key: &str, data: Bytes) -> Result<(), BackendError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_storage_class(self.storage_class(kind))
+            .set_server_side_encryption(self.tuning.sse.clone())
+            .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.fail("CreateMultipartUpload", key, &e))?;
+        let Some(upload_id) = created.upload_id() else {
+            return Err(BackendError::Other(format!(
+                "S3 CreateMultipartUpload of s3://{}/{key} at {} returned no upload id; the endpoint does not behave like S3",
+                self.bucket, self.endpoint
+            )));
+        };
+        let result = match self.upload_parts(key, upload_id, data).await {
+            Ok(parts) => self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail("CompleteMultipartUpload", key, &e)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            if let Err(e) = abort {
+                tracing::warn!(key, "{}", self.fail("AbortMultipartUpload", key, &e));
+            }
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        data: Bytes,
+    ) -> Result<Vec<CompletedPart>, BackendError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let part_size = self.tuning.part_size;
+        let uploads = (0..data.len().div_ceil(part_size)).map(|i| {
+            let part = data.slice(i * part_size..((i + 1) * part_size).min(data.len()));
+            let number = i as i32 + 1;
+            async move {
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_md5(content_md5(&part))
+                    .content_length(part.len() as i64)
+                    .body(ByteStream::from(part))
+                    .send()
+                    .await
+                    .map_err(|e| self.fail(&format!("UploadPart {number}"), key, &e))?;
+                Ok::<_, BackendError>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                )
+            }
+        });
+        let mut parts: Vec<CompletedPart> = futures_util::stream::iter(uploads)
+            .buffer_unordered(self.tuning.part_concurrency)
+            .try_collect()
+            .await?;
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+
+    /// One cheap request that tells the common set-up mistakes apart before any real
+    /// work: missing bucket, wrong credentials, wrong region, an endpoint that is not S3.
+    async fn probe(&self) -> Result<(), BackendError> {
+        let prefix = self.with_prefix("");
+        let err = match self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .max_keys(1)
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let what = match (err.code(), &err) {
+            (Some("NoSuchBucket"), _) => format!(
+                "bucket {:?} does not exist at {} (NoSuchBucket); create it first, volguard does not create buckets",
+                self.bucket, self.endpoint
+            ),
+            (
+                Some(
+                    code @ ("AuthorizationHeaderMalformed"
+                    | "PermanentRedirect"
+                    | "IllegalLocationConstraintException"),
+                ),
+                _,
+            ) => format!(
+                "bucket {:?} at {} is in another region than the configured {:?} ({code}: {}); set AWS_REGION or region in the [s3] config table",
+                self.bucket,
+                self.endpoint,
+                self.client
+                    .config()
+                    .region()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+                err.message().unwrap_or("")
+            ),
+            (Some(_), _) => return Err(self.fail("ListObjectsV2", &prefix, &err)),
+            // An answer that parses as no S3 error at all: a web server, a proxy's login
+            // page, the S3 console URL instead of the API endpoint.
+            (None, SdkError::ServiceError(_) | SdkError::ResponseError(_)) => format!(
+                "{} answered ListObjectsV2 with something that is not an S3 response{}; check the endpoint URL (AWS_ENDPOINT_URL or endpoint in the [s3] config table)",
+                self.endpoint,
+                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+            ),
+            (None, _) => return Err(self.fail("ListObjectsV2", &prefix, &err)),
+        };
+        Err(BackendError::Other(what))
+    }
+}
+
+/// The base64 MD5 that Object Lock buckets demand on every PutObject and UploadPart.
+fn content_md5(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(data))
+}
+
+/// An HTTPS client that trusts the system roots plus the certificates of a PEM file.
+fn http_client_trusting(
+    ca: &std::path::Path,
+) -> Result<aws_sdk_s3::config::SharedHttpClient, BackendError> {
+    use aws_smithy_http_client::tls;
+    let pem = std::fs::read(ca).map_err(|e| {
+        BackendError::Other(format!(
+            "cannot read the CA bundle {} named by ca_bundle in the [s3] config table: {e}",
+            ca.display()
+        ))
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(BackendError::Other(format!(
+            "the CA bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca.display()
+        )));
+    }
+    let ctx = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| BackendError::Other(format!("CA bundle {}: {e}", ca.display())))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(ctx)
+        .build_https())
+}
+
 /// A missing object (not a missing bucket, which must be reported as such).
 fn is_missing_object<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     let status = err.raw_response().map(|r| r.status().as_u16());
@@ -172,6 +548,16 @@ fn is_missing_object<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
         Some(_) => false,
         None => status == Some(404),
     }
+}
+
+/// The innermost cause of an error chain ("Connection refused (os error 111)"), which is
+/// the part a person can act on; the wrappers above it only say which layer saw it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    one_line(&cur.to_string())
 }
 
 fn one_line(s: &str) -> String {
@@ -207,19 +593,28 @@ impl Backend for S3Backend {
 
     async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
         let key = self.key(kind, name);
-        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&data));
+        if data.len() > self.tuning.multipart_threshold {
+            return self.put_multipart(kind, &key, Bytes::from(data)).await;
+        }
         let len = data.len() as i64;
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
-            .content_md5(md5)
+            .content_md5(content_md5(&data))
             .content_length(len)
+            .set_storage_class(self.storage_class(kind))
+            .set_server_side_encryption(self.tuning.sse.clone())
+            .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
             .body(ByteStream::from(data))
             .send()
             .await
             .map_err(|e| self.fail("PutObject", &key, &e))?;
         Ok(())
+    }
+
+    fn upload_concurrency(&self) -> usize {
+        self.tuning.upload_concurrency
     }
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError> {
@@ -306,18 +701,13 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    /// S3 needs no directories; only checks that the bucket exists and is reachable.
+    /// S3 needs no directories, and `check_reachable` has already seen the bucket.
     async fn create(&self) -> Result<(), BackendError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
-                Err(BackendError::Other(format!(
-                    "bucket {:?} does not exist at {} (HeadBucket: NoSuchBucket); create it first, volguard does not create buckets",
-                    self.bucket, self.endpoint
-                )))
-            }
-            Err(e) => Err(self.fail("HeadBucket", "", &e)),
-        }
+        Ok(())
+    }
+
+    async fn check_reachable(&self) -> Result<(), BackendError> {
+        self.probe().await
     }
 }
 

@@ -11,7 +11,8 @@
 # Tests FAIL (they do not skip) when this environment is missing.
 set -euo pipefail
 
-readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux)
+# socat and openssl give the S3 tests a real TLS endpoint with a throwaway CA.
+readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux socat openssl curl)
 readonly IMAGE="volguard-test/busybox:latest"
 readonly STATE_DIR="${HOME}/.cache/volguard"
 readonly DOCKERD_LOG="${STATE_DIR}/dockerd.log"
