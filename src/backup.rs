@@ -536,7 +536,9 @@ impl Scanner<'_> {
                     .map(|i| t.nodes[i].clone())
             });
             if node.kind == NodeKind::File {
-                match self.file_content(path, &meta, &mut node, prev.as_ref()) {
+                // A hard error (the upload pipeline stopped) ends the walk; it is not a
+                // problem of this file.
+                match self.file_content(path, &meta, &mut node, prev.as_ref())? {
                     Ok(()) => {}
                     Err(SoftError(msg)) => {
                         self.soft_error(path, msg);
@@ -588,14 +590,15 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    /// Fills a file node's content, reusing the parent's when the file is unchanged.
+    /// Fills a file node's content, reusing the parent's when the file is unchanged. The
+    /// inner error is a problem of this file (skipped); the outer one ends the backup.
     fn file_content(
         &mut self,
         path: &Path,
         meta: &std::fs::Metadata,
         node: &mut Node,
         prev: Option<&Node>,
-    ) -> Result<(), SoftError> {
+    ) -> Result<Result<(), SoftError>> {
         if let Some(p) = prev
             && unchanged(p, node)
             && p.content.iter().all(|c| self.known(c))
@@ -604,7 +607,7 @@ impl Scanner<'_> {
             node.extents = p.extents.clone();
             node.file_hash = p.file_hash;
             self.summary.files_unmodified += 1;
-            return Ok(());
+            return Ok(Ok(()));
         }
         if prev.is_some_and(|p| p.kind == NodeKind::File) {
             self.summary.files_changed += 1;
@@ -616,15 +619,15 @@ impl Scanner<'_> {
         let mut last = String::new();
         for _attempt in 0..2 {
             match self.read_file(path, meta, node) {
-                Ok(true) => return Ok(()),
+                Ok(true) => return Ok(Ok(())),
                 Ok(false) => {
                     last = "changed while being read (twice); not included in this snapshot".into()
                 }
-                Err(ReadError::Soft(e)) => return Err(SoftError(e)),
-                Err(ReadError::Hard(e)) => return Err(SoftError(e.to_string())),
+                Err(ReadError::Soft(e)) => return Ok(Err(SoftError(e))),
+                Err(ReadError::Hard(e)) => return Err(e),
             }
         }
-        Err(SoftError(last))
+        Ok(Err(SoftError(last)))
     }
 
     /// Reads and chunks one file. `Ok(false)` means it changed while being read.
