@@ -51,6 +51,8 @@ pub struct Options {
     pub tags: Vec<String>,
     pub host: String,
     pub progress: Option<indicatif::ProgressBar>,
+    /// Packs prune has marked, loaded before the index (see `prune`).
+    pub marked: crate::prune::MarkedPacks,
 }
 
 /// Result of one backup, as `backup --json` reports it.
@@ -157,6 +159,7 @@ pub fn run(
             repo,
             index,
             pending: HashSet::new(),
+            reused_packs: HashSet::new(),
             tx: raw_tx,
             summary: Summary::default(),
             error_count: 0,
@@ -165,6 +168,7 @@ pub fn run(
         };
         let scan_result = scanner.walk(&source.path, &root_meta, parent_root);
         let summary = std::mem::take(&mut scanner.summary);
+        let reused_packs = std::mem::take(&mut scanner.reused_packs);
         let error_count = scanner.error_count;
         drop(scanner); // closes the channel so the pipeline drains and ends
         let mut uploaded: Result<()> = Ok(());
@@ -177,7 +181,7 @@ pub fn run(
             }
         }
         (
-            scan_result.map(|root| (root, summary, error_count)),
+            scan_result.map(|root| (root, summary, error_count, reused_packs)),
             uploaded,
         )
     });
@@ -189,7 +193,7 @@ pub fn run(
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
         .done;
-    let (root, mut summary, error_count) = scan_result?;
+    let (root, mut summary, error_count, reused_packs) = scan_result?;
     for p in &uploaded.packs {
         index.add_pack(p.id, p.size, &p.blobs);
     }
@@ -218,6 +222,7 @@ pub fn run(
     snap.summary.bytes_added = uploaded.bytes;
     let estimate = snap.seal(repo.keys()).1.len() as u64;
     snap.summary.bytes_added = uploaded.bytes + estimate;
+    opts.marked.check_reused(repo, &reused_packs)?;
     let (id, _) = repo.save_snapshot(&snap)?;
     Ok(Report {
         volume: source.name.clone(),
@@ -406,6 +411,8 @@ struct Scanner<'a> {
     index: &'a Index,
     /// Blobs sent into the pipeline during this run.
     pending: HashSet<BlobId>,
+    /// Packs that supplied blobs this run reused.
+    reused_packs: HashSet<PackId>,
     tx: Sender<RawBlob>,
     summary: Summary,
     error_count: u64,
@@ -430,8 +437,14 @@ impl Scanner<'_> {
         }
     }
 
-    fn known(&self, id: &BlobId) -> bool {
-        self.index.contains(id) || self.pending.contains(id)
+    /// Whether the blob is stored or on its way; a stored one's pack is remembered, so
+    /// the snapshot can be checked against marks made while this backup ran.
+    fn known(&mut self, id: &BlobId) -> bool {
+        if let Some((pack, _)) = self.index.get(id) {
+            self.reused_packs.insert(pack);
+            return true;
+        }
+        self.pending.contains(id)
     }
 
     /// Queues a blob unless the repository already has it or it is already on its way.

@@ -59,6 +59,43 @@ pub enum Command {
     Check(CheckArgs),
     /// List Docker volumes and containers, and what mounts what (read from the data root).
     Inventory(InventoryArgs),
+    /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Say what would be marked, repacked and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Time between marking a pack and deleting it (s, m, h, d units: 30m, 24h, 7d). Must
+    /// be longer than any backup runs: a backup that reuses marked data and runs past half
+    /// of it is refused and must be run again.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Rewrite packs with more than this percentage of unused data.
+    #[arg(long, default_value_t = crate::prune::DEFAULT_MAX_UNUSED_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_unused: u8,
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))?;
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, ExportArgs, InitArgs, InventoryArgs, RestoreArgs,
-    SnapshotsArgs,
+    BackupArgs, CheckArgs, Cli, Command, ExportArgs, InitArgs, InventoryArgs, PruneArgs,
+    RestoreArgs, SnapshotsArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
@@ -20,7 +20,7 @@ use crate::error::{Error, Result, exit};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
-use crate::{backup, check, docker, inventory, restore};
+use crate::{backup, check, docker, inventory, prune, restore};
 
 /// Everything a command needs besides its own arguments.
 struct Ctx {
@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export(a) => export(&ctx, &a),
         Command::Check(a) => check_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
+        Command::Prune(a) => prune_cmd(&ctx, &a),
     }
 }
 
@@ -216,7 +217,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             .collect::<Result<_>>()?
     };
     let repo = ctx.open()?;
-    let mut index = load_index_for_write(&repo)?;
+    let (mut index, marked) = load_index_for_write(&repo)?;
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for src in &sources {
@@ -224,6 +225,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             tags: a.tags.clone(),
             host: ctx.host.clone(),
             progress: ctx.progress(None, &src.name),
+            marked: marked.clone(),
         };
         let span = tracing::info_span!("backup", volume = %src.name);
         let _g = span.enter();
@@ -315,19 +317,22 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     })
 }
 
-/// Loads the index, indexing packs an interrupted run left behind so they are reused.
-fn load_index_for_write(repo: &Repository) -> Result<Index> {
-    let (mut index, problems) = repo.load_index()?;
+/// Loads the index a backup deduplicates against: without the packs prune has marked
+/// (the marks are read first, see `prune`), and with the packs an interrupted run left
+/// behind, so they are reused.
+fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
+    let marked = prune::MarkedPacks::load(repo)?;
+    let (mut index, problems) = repo.load_index_except(&marked.packs)?;
     for p in problems {
         tracing::warn!("{p}");
     }
-    let recovered = repo.recover_unindexed(&mut index)?;
+    let recovered = repo.recover_unindexed(&mut index, &marked.packs)?;
     if recovered > 0 {
         tracing::info!(
             "indexed {recovered} pack(s) left by an interrupted backup; their data is reused"
         );
     }
-    Ok(index)
+    Ok((index, marked))
 }
 
 fn load_index_for_read(repo: &Repository) -> Result<Index> {
@@ -601,6 +606,57 @@ fn export(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     } else {
         exit::ERROR
     })
+}
+
+fn prune_cmd(ctx: &Ctx, a: &PruneArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let r = prune::run(
+        &repo,
+        &prune::Options {
+            dry_run: a.dry_run,
+            grace: a.grace,
+            max_unused_percent: a.max_unused,
+            host: ctx.host.clone(),
+        },
+    )?;
+    for p in &r.problems {
+        tracing::warn!("{p}");
+    }
+    if ctx.json {
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        v["dry_run"] = json!(a.dry_run);
+        print_json(&v);
+        return Ok(exit::OK);
+    }
+    let would = if a.dry_run { "would be " } else { "" };
+    println!(
+        "{}: {} snapshots, {} packs; {} packs {would}deleted ({}), {} kept alive by newer snapshots",
+        repo.location(),
+        r.snapshots,
+        r.packs,
+        r.packs_deleted,
+        human_bytes(r.bytes_deleted),
+        r.packs_kept_alive
+    );
+    println!(
+        "{} packs {would}marked for deletion ({}), {} of them {would}repacked ({} blobs, {} copied)",
+        r.packs_marked,
+        human_bytes(r.bytes_marked),
+        r.packs_repacked,
+        r.blobs_copied,
+        human_bytes(r.bytes_copied)
+    );
+    for (packs, due) in &r.marks_pending {
+        let due = time::OffsetDateTime::from_unix_timestamp(*due as i64)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| due.to_string());
+        println!("{packs} marked packs become deletable at {due} (a later prune deletes them)");
+    }
+    Ok(exit::OK)
 }
 
 fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {

@@ -29,6 +29,7 @@ pub enum Purpose {
     Index,
     Snapshot,
     MasterKey,
+    Mark,
 }
 
 impl Purpose {
@@ -40,6 +41,7 @@ impl Purpose {
             Purpose::Index => b"volguard/index",
             Purpose::Snapshot => b"volguard/snapshot",
             Purpose::MasterKey => b"volguard/master-key",
+            Purpose::Mark => b"volguard/mark",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod index;
 pub mod inventory;
 pub mod pack;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;

@@ -1,6 +1,7 @@
 //! Opening and creating repositories: the sealed config, the key entries, and the
 //! read paths (index, blobs, trees, snapshots) every command shares.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -282,28 +283,70 @@ impl Repository {
     /// Loads every index file. Unreadable index files are reported, not fatal: the packs
     /// they described are recovered from their own trailers by `recover_unindexed`.
     pub fn load_index(&self) -> Result<(Index, Vec<String>)> {
+        self.load_index_except(&HashSet::new())
+    }
+
+    /// The index without the packs in `skip` (packs prune has marked: a backup must not
+    /// reuse their blobs, though an unmarked duplicate elsewhere is fine).
+    pub fn load_index_except(&self, skip: &HashSet<PackId>) -> Result<(Index, Vec<String>)> {
         let mut index = Index::default();
+        let problems = self.for_each_index_file(|_, f| {
+            for p in f.packs.iter().filter(|p| !skip.contains(&p.id)) {
+                index.add_pack(p.id, p.size, &p.blobs);
+            }
+        })?;
+        Ok((index, problems))
+    }
+
+    /// Reads every index file, one at a time, and returns the unreadable ones as problems.
+    /// Prune replaces index files (new one written, then the old one deleted), so a listed
+    /// file may be gone when read: then the listing is taken again, which holds its
+    /// replacement, and the files not yet seen are read.
+    pub fn for_each_index_file(&self, mut f: impl FnMut(&str, IndexFile)) -> Result<Vec<String>> {
+        const LISTINGS: usize = 5;
+        let mut seen = HashSet::new();
         let mut problems = Vec::new();
-        for obj in self.block_on(self.backend.list(Kind::Index))? {
-            let bytes = self.block_on(self.backend.get(Kind::Index, &obj.name))?;
-            match IndexFile::open(&self.keys, &obj.name, &bytes) {
-                Ok(f) => index.add_file(&f),
-                Err(e) => problems.push(e.to_string()),
+        for _ in 0..LISTINGS {
+            let mut vanished = false;
+            for obj in self.block_on(self.backend.list(Kind::Index))? {
+                if !seen.insert(obj.name.clone()) {
+                    continue;
+                }
+                let bytes = match self.block_on(self.backend.get(Kind::Index, &obj.name)) {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => {
+                        vanished = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                match IndexFile::open(&self.keys, &obj.name, &bytes) {
+                    Ok(file) => f(&obj.name, file),
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            if !vanished {
+                return Ok(problems);
             }
         }
-        Ok((index, problems))
+        Err(Error::Other(format!(
+            "index files of {} kept vanishing while being read ({LISTINGS} listings): is a \
+             prune running in a loop? Try again",
+            self.location()
+        )))
     }
 
     /// Reads the trailer of every pack the index does not know (left by an interrupted
     /// backup, or by a damaged index file) and writes an index file for them, so their
     /// blobs are reused instead of uploaded again. Returns how many packs were recovered.
-    pub fn recover_unindexed(&self, index: &mut Index) -> Result<usize> {
+    /// Packs in `skip` (marked by prune) are left alone.
+    pub fn recover_unindexed(&self, index: &mut Index, skip: &HashSet<PackId>) -> Result<usize> {
         let mut recovered = Vec::new();
         for obj in self.block_on(self.backend.list(Kind::Pack))? {
             let Some(id) = PackId::from_hex(&obj.name) else {
                 continue;
             };
-            if index.has_pack(&id) {
+            if index.has_pack(&id) || skip.contains(&id) {
                 continue;
             }
             match self.read_pack_trailer(&id, obj.size) {
@@ -396,6 +439,8 @@ impl Repository {
             };
             let bytes = match self.block_on(self.backend.get(Kind::Snapshot, &obj.name)) {
                 Ok(b) => b,
+                // Forgotten between listing and reading: it is simply no longer there.
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => {
                     problems.push(e.to_string());
                     continue;

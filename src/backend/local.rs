@@ -117,9 +117,16 @@ impl LocalBackend {
                     dirs.push(ent.path());
                 } else if ft.is_file() {
                     let name = ent.file_name().to_string_lossy().into_owned();
+                    let meta = match ent.metadata() {
+                        Ok(m) => m,
+                        // Deleted (by prune, on another host) since the directory was read.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
                     out.push(ObjectInfo {
                         name,
-                        size: ent.metadata()?.len(),
+                        size: meta.len(),
+                        modified: meta.modified().ok(),
                     });
                 }
             }

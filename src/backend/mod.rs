@@ -18,6 +18,8 @@ pub enum Kind {
     Pack,
     Index,
     Snapshot,
+    /// Packs `prune` has marked for deletion once a grace period has passed.
+    Mark,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
             Kind::Pack => "packs",
             Kind::Index => "index",
             Kind::Snapshot => "snapshots",
+            Kind::Mark => "marks",
         }
     }
 }
@@ -37,6 +40,9 @@ impl Kind {
 pub struct ObjectInfo {
     pub name: String,
     pub size: u64,
+    /// When the object was stored, where the store says (prune leaves young packs alone:
+    /// they may belong to a backup that is still running).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Backend failures, phrased so the user knows what, where and what to do.

@@ -654,6 +654,7 @@ impl Backend for S3Backend {
                 true => vec![ObjectInfo {
                     name: "config".into(),
                     size: 0,
+                    modified: None,
                 }],
                 false => Vec::new(),
             });
@@ -683,6 +684,9 @@ impl Backend for S3Backend {
                 out.push(ObjectInfo {
                     name: name.to_string(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
+                    modified: obj
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
         }
