@@ -127,6 +127,8 @@ pub struct DataRuns<'a> {
     node: &'a Node,
     extents: Vec<(u64, u64)>,
     next_chunk: usize,
+    /// Chunks read ahead in one go (see `Repository::read_blobs`), next one last.
+    ahead: Vec<Vec<u8>>,
     chunk: Vec<u8>,
     chunk_pos: usize,
     extent: usize,
@@ -141,6 +143,7 @@ impl<'a> DataRuns<'a> {
             node,
             extents: node.extents.clone().unwrap_or_else(|| vec![(0, node.size)]),
             next_chunk: 0,
+            ahead: Vec::new(),
             chunk: Vec::new(),
             chunk_pos: 0,
             extent: 0,
@@ -150,10 +153,23 @@ impl<'a> DataRuns<'a> {
 
     pub fn next_run(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
         if self.chunk_pos >= self.chunk.len() {
-            let Some(id) = self.node.content.get(self.next_chunk) else {
+            if self.ahead.is_empty() {
+                /// Chunks fetched per batch: a few MiB, so memory stays small.
+                const READ_AHEAD_CHUNKS: usize = 64;
+                let content = &self.node.content;
+                let end = content.len().min(self.next_chunk + READ_AHEAD_CHUNKS);
+                if self.next_chunk >= end {
+                    return Ok(None);
+                }
+                self.ahead = self
+                    .repo
+                    .read_blobs(self.index, &content[self.next_chunk..end])?;
+                self.ahead.reverse();
+            }
+            let Some(chunk) = self.ahead.pop() else {
                 return Ok(None);
             };
-            self.chunk = self.repo.read_blob(self.index, id)?;
+            self.chunk = chunk;
             self.chunk_pos = 0;
             self.next_chunk += 1;
             if self.chunk.is_empty() {
@@ -308,10 +324,12 @@ pub fn to_dir(
     if !opts.dry_run {
         prepare_target(target)?;
     }
+    // Workers decrypt and decompress, but on a remote store they mostly wait for reads:
+    // as many as the backend serves at once, and at least one per core.
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .max(2);
+        .max(repo.backend().read_concurrency());
     let (tx, rx) = bounded::<FileJob>(64);
     let mut dir_meta: Vec<(PathBuf, Node)> = Vec::new();
     let (walk_result, worker_reports) = std::thread::scope(|s| {
@@ -573,8 +591,7 @@ fn write_segment(repo: &Repository, index: &Index, job: &FileJob) -> Result<u64>
         return Ok(written);
     }
     let mut offset = job.offset;
-    for id in &t.node.content[job.chunks.clone()] {
-        let data = repo.read_blob(index, id)?;
+    for data in repo.read_blobs(index, &t.node.content[job.chunks.clone()])? {
         if offset + data.len() as u64 > t.node.size {
             return Err(Error::corrupt(
                 format!("file {}", t.display),

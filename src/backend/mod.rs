@@ -109,4 +109,8 @@ pub trait Backend: Send + Sync {
     fn upload_concurrency(&self) -> usize {
         2
     }
+    /// Reads a restore keeps in flight at once.
+    fn read_concurrency(&self) -> usize {
+        2
+    }
 }

@@ -49,6 +49,8 @@ const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 /// them a multipart upload costs two extra round trips and buys nothing.
 const DEFAULT_MULTIPART_THRESHOLD_MIB: u64 = 64;
 const DEFAULT_PART_SIZE_MIB: u64 = 16;
+/// Reads a restore keeps in flight by default: restores wait on round trips, not cores.
+const DEFAULT_DOWNLOAD_CONCURRENCY: usize = 8;
 /// Parts of one object uploaded at the same time by default.
 const DEFAULT_PART_CONCURRENCY: usize = 4;
 /// S3's lower bound on every part but the last.
@@ -80,6 +82,8 @@ pub struct S3Settings {
     pub ca_bundle: Option<PathBuf>,
     /// Packs stored at the same time.
     pub upload_concurrency: Option<usize>,
+    /// Reads a restore keeps in flight.
+    pub download_concurrency: Option<usize>,
     pub multipart_threshold_mib: Option<u64>,
     pub part_size_mib: Option<u64>,
     pub part_concurrency: Option<usize>,
@@ -88,6 +92,7 @@ pub struct S3Settings {
 /// Settings after validation, as the backend uses them.
 struct Tuning {
     upload_concurrency: usize,
+    download_concurrency: usize,
     multipart_threshold: usize,
     part_size: usize,
     part_concurrency: usize,
@@ -131,6 +136,11 @@ impl S3Settings {
                 self.upload_concurrency,
                 "upload_concurrency",
                 DEFAULT_UPLOAD_CONCURRENCY,
+            )?,
+            download_concurrency: count(
+                self.download_concurrency,
+                "download_concurrency",
+                DEFAULT_DOWNLOAD_CONCURRENCY,
             )?,
             multipart_threshold: mib(self
                 .multipart_threshold_mib
@@ -615,6 +625,10 @@ impl Backend for S3Backend {
 
     fn upload_concurrency(&self) -> usize {
         self.tuning.upload_concurrency
+    }
+
+    fn read_concurrency(&self) -> usize {
+        self.tuning.download_concurrency
     }
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError> {
