@@ -8,10 +8,18 @@
 //! in the same run from a cold page cache, checks that every restore is
 //! byte-exact, and prints a Markdown table with a verdict per target.
 //!
+//! With `--backend s3`, volguard and restic back up to S3 instead of a local
+//! directory: each to a fresh bucket of its own on the SeaweedFS server that
+//! `tests/env/setup.sh` starts on 127.0.0.1 (endpoint and keys from
+//! `~/.cache/volguard/s3.env`), both over loopback in the same run. tar|zstd
+//! has no S3 backend and is left out. The same targets are judged; the
+//! buckets are deleted afterwards unless --keep.
+//!
 //! Run: `cargo bench --bench core [-- --scale 0.1 --tools tar,restic --keep]`
-//! (needs root to drop the page cache, restic, zstd and tar on PATH, and
-//! about 12 GiB free at scale 1.0 under --workdir). The table is printed and
-//! written to `<target>/bench-core.md`.
+//! or `cargo bench --bench core -- --backend s3` (needs root to drop the page
+//! cache, restic, zstd, tar and curl on PATH, and about 12 GiB free at scale
+//! 1.0 under --workdir, 5 GiB for S3 plus 3 GiB on the server). The table is
+//! printed and written to `<target>/bench-core.md` (`bench-core-s3.md`).
 
 // A bench's crate root resolves `mod x;` next to itself, so the pieces that
 // belong to this bench alone are pointed to in `benches/core/` explicitly.
@@ -22,6 +30,8 @@ mod dataset;
 mod measure;
 #[path = "core/report.rs"]
 mod report;
+#[path = "core/store.rs"]
+mod store;
 #[path = "core/text.rs"]
 mod text;
 #[path = "core/tools.rs"]
@@ -37,13 +47,26 @@ use report::{Cell, Results};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::rc::Rc;
 use std::time::Instant;
+use store::{S3Server, Storage};
 use tools::{Scenario, Tool, ToolId};
 use verify::Manifest;
 
 /// Marks a directory as created by this bench, so that only such a
 /// directory is ever deleted when a stale run is cleared away.
 const MARKER: &str = ".volguard-bench-core";
+/// In the run's directory: the buckets an S3 run created, one a line, so
+/// that the next run deletes those (and only those) if this one failed.
+const BUCKETS_FILE: &str = "s3-buckets";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// Repositories in directories under --workdir.
+    Local,
+    /// Repositories in fresh buckets on the loopback S3 server.
+    S3,
+}
 
 #[derive(Parser)]
 #[command(about = "volguard vs restic vs tar|zstd on a synthetic Docker volume")]
@@ -51,14 +74,19 @@ struct Args {
     /// Multiplies all data sizes (1.0 = 1 GiB DB, 50k files, 800 MiB media).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Tools to compare, in run order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "volguard,restic,tar"
-    )]
-    tools: Vec<ToolId>,
+    /// Where volguard and restic store their repositories.
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    backend: Backend,
+    /// S3 endpoint and credentials (KEY=value lines: AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) for --backend
+    /// s3; the endpoint must be http://127.0.0.1:<port>.
+    /// [default: ~/.cache/volguard/s3.env, written by tests/env/setup.sh]
+    #[arg(long)]
+    s3_env: Option<PathBuf>,
+    /// Tools to compare, in run order
+    /// [default: volguard,restic,tar; volguard,restic with --backend s3].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tools: Option<Vec<ToolId>>,
     /// volguard binary to use instead of building this checkout's.
     #[arg(long)]
     volguard: Option<PathBuf>,
@@ -79,6 +107,8 @@ struct Args {
 
 /// The directories of one run, all under `<workdir>/core`.
 struct Workspace {
+    /// The S3 server of an S3 run, and the buckets made on it so far.
+    s3: Option<(Rc<S3Server>, Vec<String>)>,
     root: PathBuf,
     data: PathBuf,
     stores: PathBuf,
@@ -100,24 +130,48 @@ fn main() -> Result<()> {
         args.scale > 0.0 && args.scale <= 4.0,
         "--scale must be in (0, 4]"
     );
-    ensure!(!args.tools.is_empty(), "--tools is empty");
+    let requested = args.tools.clone().unwrap_or_else(|| match args.backend {
+        Backend::Local => vec![ToolId::Volguard, ToolId::Restic, ToolId::Tar],
+        Backend::S3 => vec![ToolId::Volguard, ToolId::Restic],
+    });
+    ensure!(!requested.is_empty(), "--tools is empty");
+    ensure!(
+        args.backend == Backend::Local || !requested.contains(&ToolId::Tar),
+        "tar|zstd has no S3 backend; leave it out of --tools with --backend s3 \
+         (its local numbers come from a --backend local run)"
+    );
     let mut tool_ids: Vec<ToolId> = Vec::new();
-    for id in &args.tools {
+    for id in &requested {
         if !tool_ids.contains(id) {
             tool_ids.push(*id);
         }
     }
 
-    let ws = Workspace::prepare(&args.workdir, args.scale)?;
+    // The server is checked before minutes go into building volguard and
+    // generating data, so a server that is down fails the run at once.
+    let s3 = match args.backend {
+        Backend::Local => None,
+        Backend::S3 => {
+            let server = S3Server::load(&s3_env_file(&args)?)?;
+            server.check()?;
+            Some(Rc::new(server))
+        }
+    };
+    let mut ws = Workspace::prepare(&args, s3)?;
     let runner = Runner::new(ws.logs.clone(), !args.no_drop_caches)?;
     let volguard = resolve_volguard(&args, &tool_ids)?;
-    let mut tools = tool_ids
-        .iter()
-        .map(|&id| {
-            let store = ws.stores.join(id.label());
-            tools::make(id, store, ws.data.clone(), volguard.as_deref())
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut tools = Vec::new();
+    for &id in &tool_ids {
+        let scratch = ws.stores.join(id.label());
+        let storage = ws.storage_for(id, &scratch)?;
+        tools.push(tools::make(
+            id,
+            storage,
+            &scratch,
+            ws.data.clone(),
+            volguard.as_deref(),
+        )?);
+    }
 
     let spec = dataset::Spec::at_scale(args.scale);
     let data_desc = generate(&ws, &spec)?;
@@ -134,6 +188,15 @@ fn main() -> Result<()> {
 
     let ctx = report::Context {
         scale: args.scale,
+        backend: ws.s3.as_ref().map(|(server, _)| {
+            format!(
+                "S3 on {endpoint} ({server}), over loopback on this machine; one fresh \
+                 bucket per tool: volguard `--repo s3://<bucket>/bench`, restic \
+                 `-r s3:{endpoint}/<bucket>` (restic's cache dir local, not counted)",
+                endpoint = server.endpoint,
+                server = s3_server_version()
+            )
+        }),
         dataset: data_desc,
         change: format!(
             "{} DB pages rewritten in place (scattered), {} small files edited \
@@ -149,17 +212,21 @@ fn main() -> Result<()> {
     };
     let table = report::render(&ctx, &results);
     println!("{table}");
-    let out = common::target_dir()?.join("bench-core.md");
+    let out = common::target_dir()?.join(match args.backend {
+        Backend::Local => "bench-core.md",
+        Backend::S3 => "bench-core-s3.md",
+    });
     fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("[core] table written to {}", out.display());
     ws.finish(args.keep)
 }
 
 impl Workspace {
-    /// Creates a fresh `<workdir>/core`, clearing a previous run's leftovers.
-    fn prepare(workdir: &Path, scale: f64) -> Result<Self> {
-        check_location(workdir, scale)?;
-        let root = workdir.join("core");
+    /// Creates a fresh `<workdir>/core`, clearing a previous run's leftovers,
+    /// its buckets included.
+    fn prepare(args: &Args, s3: Option<Rc<S3Server>>) -> Result<Self> {
+        check_location(&args.workdir, args.scale, s3.is_some())?;
+        let root = args.workdir.join("core");
         if root.exists() {
             ensure!(
                 root.join(MARKER).exists(),
@@ -167,9 +234,11 @@ impl Workspace {
                 root.display()
             );
             eprintln!("[core] removing previous run in {}", root.display());
+            remove_stale_buckets(&root, s3.as_deref(), args)?;
             fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
         }
         let ws = Self {
+            s3: s3.map(|server| (server, Vec::new())),
             data: root.join("data"),
             stores: root.join("stores"),
             restores: root.join("restores"),
@@ -183,22 +252,115 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// Where `tool` stores: `scratch` itself locally; in an S3 run a new
+    /// bucket, recorded in [`BUCKETS_FILE`] once it exists.
+    fn storage_for(&mut self, tool: ToolId, scratch: &Path) -> Result<Storage> {
+        let Some((server, buckets)) = &mut self.s3 else {
+            return Ok(Storage::Dir(scratch.to_path_buf()));
+        };
+        let bucket = S3Server::fresh_bucket_name(tool.label());
+        server.create_bucket(&bucket)?;
+        buckets.push(bucket.clone());
+        fs::write(self.root.join(BUCKETS_FILE), buckets.join("\n") + "\n")?;
+        eprintln!("[core] {}: created bucket {bucket}", tool.label());
+        Ok(Storage::Bucket {
+            server: Rc::clone(server),
+            bucket,
+        })
+    }
+
     fn finish(self, keep: bool) -> Result<()> {
         if keep {
             eprintln!(
                 "[core] kept data, repositories and logs in {}",
                 self.root.display()
             );
+            if let Some((server, buckets)) = &self.s3 {
+                eprintln!(
+                    "[core] kept buckets {} at {} (the next run deletes them)",
+                    buckets.join(", "),
+                    server.endpoint
+                );
+            }
             return Ok(());
         }
+        if let Some((server, buckets)) = &self.s3 {
+            for bucket in buckets {
+                server.delete_bucket(bucket)?;
+            }
+        }
         fs::remove_dir_all(&self.root).with_context(|| format!("removing {}", self.root.display()))
+    }
+}
+
+/// Deletes the buckets a previous S3 run under `root` recorded, on `server`
+/// or, in a local run, on the one the S3 env file names. If that cannot be
+/// read they are only named: their list goes with the previous run's
+/// directory.
+fn remove_stale_buckets(root: &Path, server: Option<&S3Server>, args: &Args) -> Result<()> {
+    let Ok(list) = fs::read_to_string(root.join(BUCKETS_FILE)) else {
+        return Ok(());
+    };
+    let buckets: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
+    let loaded;
+    let server = match server {
+        Some(server) => server,
+        None => match s3_env_file(args).and_then(|file| S3Server::load(&file)) {
+            Ok(server) => {
+                loaded = server;
+                &loaded
+            }
+            Err(err) => {
+                eprintln!(
+                    "[core] WARNING: not deleting buckets left by a previous S3 run ({}): \
+                     {err:#}",
+                    buckets.join(", ")
+                );
+                return Ok(());
+            }
+        },
+    };
+    for bucket in buckets {
+        eprintln!("[core] deleting bucket {bucket} of the previous run");
+        // A bucket that was recorded but never created, or already deleted
+        // by hand, is not an error.
+        if let Err(err) = server.delete_bucket(bucket) {
+            eprintln!("[core] WARNING: {err:#}");
+        }
+    }
+    Ok(())
+}
+
+/// `--s3-env`, else `~/.cache/volguard/s3.env` as tests/env/setup.sh writes it.
+fn s3_env_file(args: &Args) -> Result<PathBuf> {
+    if let Some(path) = &args.s3_env {
+        return Ok(path.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --s3-env")?;
+    Ok(PathBuf::from(home).join(".cache/volguard/s3.env"))
+}
+
+/// SeaweedFS's version when setup.sh's `weed` is where it installs it; the
+/// S3 API itself does not tell.
+fn s3_server_version() -> String {
+    let weed = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/volguard/venv/bin/weed"))
+        .filter(|path| path.is_file());
+    let version = weed.and_then(|weed| {
+        let out = Command::new(weed).arg("version").output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().next().map(|l| l.trim().to_owned())
+    });
+    match version {
+        Some(version) => format!("SeaweedFS, `weed version`: {version}"),
+        None => "server version unknown".into(),
     }
 }
 
 /// The work directory must not be inside the source tree (cargo and editors
 /// would trip over GiBs of data), must not be tmpfs (reads would never be
 /// cold, and the data would eat RAM), and must have room.
-fn check_location(workdir: &Path, scale: f64) -> Result<()> {
+fn check_location(workdir: &Path, scale: f64, s3: bool) -> Result<()> {
     fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let workdir = workdir.canonicalize()?;
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize()?;
@@ -217,8 +379,10 @@ fn check_location(workdir: &Path, scale: f64) -> Result<()> {
     let vfs = nix::sys::statvfs::statvfs(&workdir)?;
     let free = vfs.blocks_available() as f64 * vfs.fragment_size() as f64;
     // Data ~2.2 GiB, two tar archives, two repositories and one restore at a
-    // time come to ~10 GiB at scale 1; keep some slack.
-    let need = (12.0 * scale + 0.5) * 1024.0 * MIB;
+    // time come to ~10 GiB at scale 1; keep some slack. With S3 only the data,
+    // a restore and restic's cache are local (the server's disk is its own).
+    let gib_at_scale_1 = if s3 { 5.0 } else { 12.0 };
+    let need = (gib_at_scale_1 * scale + 0.5) * 1024.0 * MIB;
     ensure!(
         free >= need,
         "{} has {:.1} GiB free, the bench needs about {:.1} GiB",
@@ -291,9 +455,9 @@ fn init_tools(tools: &mut [Box<dyn Tool>], runner: &Runner) -> Result<()> {
         // A CLI that is still a stub exits 0 without doing anything; say so
         // plainly instead of failing later on a missing directory.
         ensure!(
-            tool.storage().is_dir(),
-            "{label} init succeeded but created no repository at {}",
-            tool.storage().display()
+            tool.storage().is_initialised()?,
+            "{label} init succeeded but created no repository in {}",
+            tool.storage().describe()
         );
     }
     Ok(())
@@ -307,14 +471,14 @@ fn run_backups(
 ) -> Result<()> {
     for tool in tools.iter_mut() {
         let label = tool.id().label();
-        let before = dir_bytes(tool.storage())?;
+        let before = tool.storage().bytes()?;
         let Some(run) = tool
             .backup(runner, scenario)
             .with_context(|| format!("{label}: {}", scenario.label()))?
         else {
             continue;
         };
-        let after = dir_bytes(tool.storage())?;
+        let after = tool.storage().bytes()?;
         eprintln!(
             "[core] {label} {}: {:.2} s, {:.0} MiB RSS, +{:.1} MiB stored",
             scenario.label(),

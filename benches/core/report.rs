@@ -2,6 +2,8 @@
 //!
 //! The targets come from the volguard issue; stating "met / not met" with the
 //! numbers next to them keeps the bench honest and makes regressions obvious.
+//! An S3 run is judged on the same targets, minus the one against tar|zstd,
+//! which has no S3 backend.
 
 use crate::common::MIB;
 use crate::tools::{Scenario, ToolId};
@@ -28,6 +30,8 @@ pub struct Results {
 /// Facts about the run printed above the table.
 pub struct Context {
     pub scale: f64,
+    /// Where the repositories were, for an S3 run; `None` for local disk.
+    pub backend: Option<String>,
     pub dataset: String,
     pub change: String,
     pub drop_caches: bool,
@@ -64,7 +68,12 @@ impl Results {
 
 pub fn render(ctx: &Context, results: &Results) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## volguard core benchmark (scale {})\n", ctx.scale);
+    let title = if ctx.backend.is_some() {
+        "volguard core benchmark, S3 backend"
+    } else {
+        "volguard core benchmark"
+    };
+    let _ = writeln!(out, "## {title} (scale {})\n", ctx.scale);
     write_context(&mut out, ctx);
     write_table(&mut out, results);
     write_targets(&mut out, ctx, results);
@@ -73,6 +82,9 @@ pub fn render(ctx: &Context, results: &Results) -> String {
 }
 
 fn write_context(out: &mut String, ctx: &Context) {
+    if let Some(backend) = &ctx.backend {
+        let _ = writeln!(out, "- repositories: {backend}");
+    }
     let _ = writeln!(out, "- data: {}", ctx.dataset);
     let _ = writeln!(out, "- change before (c): {}", ctx.change);
     let _ = writeln!(out, "- machine: {}", ctx.machine);
@@ -86,11 +98,21 @@ fn write_context(out: &mut String, ctx: &Context) {
     for (tool, version) in &ctx.versions {
         let _ = writeln!(out, "- {}: {version}", tool.label());
     }
+    let storage = if ctx.backend.is_some() {
+        // The server runs on the same two cores: its work is in the wall
+        // times of both tools alike, its memory in neither's RSS.
+        "sum of the object sizes ListObjectsV2 reports for the tool's bucket; \
+         restic's local cache not counted). The S3 server shares this machine: \
+         its CPU and disk time is inside both tools' wall times, its memory in \
+         neither's RSS"
+    } else {
+        "sum of file sizes; restic's cache not counted)"
+    };
     let _ = writeln!(
         out,
         "- s = wall seconds; RSS = peak resident set (max of both processes for \
          tar|zstd); stored/added = storage size after the step / growth during \
-         it (MiB, sum of file sizes; restic's cache not counted)\n"
+         it (MiB, {storage}\n"
     );
 }
 
@@ -158,14 +180,10 @@ type Verdict = Option<(bool, String)>;
 
 fn write_targets(out: &mut String, ctx: &Context, results: &Results) {
     let _ = writeln!(out, "### Targets\n");
-    let targets: [(&str, Verdict); 7] = [
+    let mut targets: Vec<(&str, Verdict)> = vec![
         (
             "initial backup >= 2x faster than restic",
             speedup_at_least(results, Scenario::Initial, ToolId::Restic, 2.0),
-        ),
-        (
-            "initial backup within 1.5x of tar|zstd -3 -T0",
-            within_of_tar(results),
         ),
         (
             "no-change backup >= 3x faster than restic",
@@ -188,6 +206,17 @@ fn write_targets(out: &mut String, ctx: &Context, results: &Results) {
             rss_below_restic(results),
         ),
     ];
+    // tar|zstd writes to local disk only: an S3 run has no such target
+    // rather than one listed as never evaluated.
+    if ctx.backend.is_none() {
+        targets.insert(
+            1,
+            (
+                "initial backup within 1.5x of tar|zstd -3 -T0",
+                within_of_tar(results),
+            ),
+        );
+    }
     for (name, verdict) in targets {
         let line = match verdict {
             Some((true, detail)) => format!("- MET: {name} ({detail})"),

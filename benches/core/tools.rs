@@ -4,11 +4,18 @@
 //! * restic: the closest established tool (dedup, encryption, compression).
 //! * tar | zstd -3 -T0: no dedup, no incrementals; the raw-throughput anchor
 //!   for what "reading everything and compressing it" costs on this machine.
+//!   It writes to local disk only, so it takes no part in S3 runs.
+//!
+//! volguard and restic store either in a local directory or in a bucket on
+//! the loopback S3 server (see store.rs); their keys, cache and restores stay
+//! local either way.
 
 use crate::measure::{Runner, Usage};
+use crate::store::Storage;
 use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use rand::RngCore;
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -19,6 +26,9 @@ use std::process::Command;
 const NO_CONFIG: &str = "/nonexistent-volguard.toml";
 const VOLUME_NAME: &str = "bench";
 const RESTIC_PASSWORD: &str = "volguard-bench";
+/// Key prefix of volguard's repository inside its bucket: a prefix is how a
+/// bucket shared between hosts is used, so the bench exercises it.
+const VOLGUARD_S3_PREFIX: &str = "bench";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum ToolId {
@@ -95,7 +105,7 @@ impl Run {
 pub trait Tool {
     fn id(&self) -> ToolId;
     /// Everything the tool stores lives here; its size is "bytes stored".
-    fn storage(&self) -> &Path;
+    fn storage(&self) -> &Storage;
     /// Creates the repository (not measured).
     fn init(&mut self, runner: &Runner) -> Result<()>;
     /// Backs up the data directory; `None` when the scenario does not apply.
@@ -108,21 +118,42 @@ pub trait Tool {
     fn version(&self) -> String;
 }
 
-/// Constructs a tool whose storage lives in `store` and which backs up `data`.
+/// Constructs a tool that backs up `data` into `storage`. `scratch` is a
+/// local path of the tool's own (the storage itself in local runs): its key
+/// file and cache are put beside it, where they do not count as stored.
 pub fn make(
     id: ToolId,
-    store: PathBuf,
+    storage: Storage,
+    scratch: &Path,
     data: PathBuf,
     volguard: Option<&Path>,
 ) -> Result<Box<dyn Tool>> {
     Ok(match id {
         ToolId::Volguard => {
             let bin = volguard.context("volguard selected but no binary resolved")?;
-            Box::new(Volguard::new(bin.to_path_buf(), store, data))
+            Box::new(Volguard::new(bin.to_path_buf(), storage, scratch, data))
         }
-        ToolId::Restic => Box::new(Restic::new(store, data)),
-        ToolId::Tar => Box::new(TarZstd::new(store, data)),
+        ToolId::Restic => Box::new(Restic::new(storage, scratch, data)),
+        ToolId::Tar => {
+            let Storage::Dir(dir) = storage else {
+                bail!("tar|zstd has no S3 backend; it only runs with --backend local");
+            };
+            Box::new(TarZstd::new(dir, data))
+        }
     })
+}
+
+/// Gives `cmd` the S3 server's settings when `storage` is a bucket. Only
+/// the tools' processes get them; the launcher passes them on (measure.rs).
+fn apply_s3_env(cmd: &mut Command, storage: &Storage) {
+    if let Storage::Bucket { server, .. } = storage {
+        for (key, value) in server.child_env() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+    }
 }
 
 /// First line of `program args...`' stdout, or "unknown".
@@ -144,29 +175,34 @@ fn version_of(cmd: &mut Command) -> String {
 
 struct Volguard {
     bin: PathBuf,
-    repo: PathBuf,
+    storage: Storage,
     /// Beside the repository, not in it: the key is not stored data.
     key_file: PathBuf,
     data: PathBuf,
 }
 
 impl Volguard {
-    fn new(bin: PathBuf, store: PathBuf, data: PathBuf) -> Self {
+    fn new(bin: PathBuf, storage: Storage, scratch: &Path, data: PathBuf) -> Self {
         Self {
             bin,
-            key_file: store.with_extension("key"),
-            repo: store,
+            key_file: scratch.with_extension("key"),
+            storage,
             data,
         }
     }
 
     /// `volguard` with the global options every invocation needs.
     fn command(&self) -> Command {
+        let repo: OsString = match &self.storage {
+            Storage::Dir(dir) => dir.into(),
+            Storage::Bucket { bucket, .. } => format!("s3://{bucket}/{VOLGUARD_S3_PREFIX}").into(),
+        };
         let mut cmd = Command::new(&self.bin);
+        apply_s3_env(&mut cmd, &self.storage);
         cmd.arg("--config")
             .arg(NO_CONFIG)
             .arg("--repo")
-            .arg(&self.repo)
+            .arg(repo)
             .arg("--key-file")
             .arg(&self.key_file);
         cmd
@@ -191,8 +227,8 @@ impl Tool for Volguard {
         ToolId::Volguard
     }
 
-    fn storage(&self) -> &Path {
-        &self.repo
+    fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     fn init(&mut self, runner: &Runner) -> Result<()> {
@@ -275,27 +311,35 @@ fn parse_volguard_summary(stdout: &str) -> Result<BackupSummary> {
 // ------------------------------------------------------------------ restic
 
 struct Restic {
-    repo: PathBuf,
-    /// Outside `repo` so that it does not count as stored bytes, and outside
-    /// $HOME so that runs do not share (or pollute) a cache.
+    storage: Storage,
+    /// Outside the repository so that it does not count as stored bytes, and
+    /// outside $HOME so that runs do not share (or pollute) a cache. With S3
+    /// it is what spares restic re-downloading its index on every run.
     cache: PathBuf,
     data: PathBuf,
 }
 
 impl Restic {
-    fn new(store: PathBuf, data: PathBuf) -> Self {
+    fn new(storage: Storage, scratch: &Path, data: PathBuf) -> Self {
         Self {
-            cache: store.with_extension("cache"),
-            repo: store,
+            cache: scratch.with_extension("cache"),
+            storage,
             data,
         }
     }
 
     fn command(&self) -> Command {
+        // restic's S3 backend (minio-go) takes the endpoint from the URL and
+        // uses path-style requests for a non-AWS host; keys from the env.
+        let repo: OsString = match &self.storage {
+            Storage::Dir(dir) => dir.into(),
+            Storage::Bucket { server, bucket } => format!("s3:{}/{bucket}", server.endpoint).into(),
+        };
         let mut cmd = Command::new("restic");
+        apply_s3_env(&mut cmd, &self.storage);
         cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
             .arg("--repo")
-            .arg(&self.repo)
+            .arg(repo)
             .arg("--cache-dir")
             .arg(&self.cache);
         cmd
@@ -307,8 +351,8 @@ impl Tool for Restic {
         ToolId::Restic
     }
 
-    fn storage(&self) -> &Path {
-        &self.repo
+    fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     fn init(&mut self, runner: &Runner) -> Result<()> {
@@ -372,6 +416,8 @@ fn parse_restic_summary(stdout: &str) -> Result<BackupSummary> {
 // --------------------------------------------------------------- tar | zstd
 
 struct TarZstd {
+    /// `Storage::Dir(dir)`, for `storage()` to lend.
+    storage: Storage,
     dir: PathBuf,
     data: PathBuf,
     /// Archives written so far; a restore unpacks the newest.
@@ -381,6 +427,7 @@ struct TarZstd {
 impl TarZstd {
     fn new(dir: PathBuf, data: PathBuf) -> Self {
         Self {
+            storage: Storage::Dir(dir.clone()),
             dir,
             data,
             archives: Vec::new(),
@@ -393,8 +440,8 @@ impl Tool for TarZstd {
         ToolId::Tar
     }
 
-    fn storage(&self) -> &Path {
-        &self.dir
+    fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     fn init(&mut self, _runner: &Runner) -> Result<()> {
