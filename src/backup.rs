@@ -50,6 +50,8 @@ pub struct Source {
 pub struct Options {
     pub tags: Vec<String>,
     pub host: String,
+    /// The snapshot's time when not now (`backup --time`, for imports and tests).
+    pub time: Option<time::OffsetDateTime>,
     pub progress: Option<indicatif::ProgressBar>,
     /// Packs prune has marked, loaded before the index (see `prune`).
     pub marked: crate::prune::MarkedPacks,
@@ -207,7 +209,10 @@ pub fn run(
     summary.duration_s = started.elapsed().as_secs_f64();
     let mut snap = Snapshot {
         version: 1,
-        time: Repository::now(),
+        time: match opts.time {
+            Some(t) => crate::repo::format_time(t),
+            None => Repository::now(),
+        },
         host: opts.host.clone(),
         volume: source.name.clone(),
         source: source.path.display().to_string(),

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::forget::{KeepCount, KeepDuration};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "volguard",
@@ -57,6 +59,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Verify the repository's structure, and with --read-data every byte of it.
     Check(CheckArgs),
+    /// Remove snapshots by keep rules (restic's --keep-* semantics), per host and volume.
+    Forget(ForgetArgs),
     /// List Docker volumes and containers, and what mounts what (read from the data root).
     Inventory(InventoryArgs),
     /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
@@ -71,7 +75,7 @@ pub struct PruneArgs {
     /// Time between marking a pack and deleting it (s, m, h, d units: 30m, 24h, 7d). Must
     /// be longer than any backup runs: a backup that reuses marked data and runs past half
     /// of it is refused and must be run again.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_grace)]
     pub grace: std::time::Duration,
     /// Rewrite packs with more than this percentage of unused data.
     #[arg(long, default_value_t = crate::prune::DEFAULT_MAX_UNUSED_PERCENT,
@@ -80,7 +84,7 @@ pub struct PruneArgs {
 }
 
 /// `90s`, `30m`, `24h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -121,6 +125,10 @@ pub struct BackupArgs {
     /// Tag to attach to the snapshots (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Record this time (RFC 3339, e.g. 2024-05-01T12:00:00Z) as the snapshot's time instead
+    /// of now. For imports of older backups and for tests; stored in UTC.
+    #[arg(long, value_name = "RFC3339")]
+    pub time: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +184,60 @@ pub struct CheckArgs {
     /// Also read, decrypt and re-hash every blob.
     #[arg(long)]
     pub read_data: bool,
+}
+
+/// Keep rules follow restic's `forget`; a snapshot matching any rule is kept. Counts take
+/// a number, or -1 / `unlimited` for all.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub keep_last: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest hours that have one (UTC).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub keep_hourly: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest days that have one (UTC).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub keep_daily: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks (Monday to Sunday, UTC).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub keep_weekly: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest months that have one (UTC).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub keep_monthly: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest years that have one (UTC).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub keep_yearly: Option<KeepCount>,
+    /// Keep every snapshot newer than the group's newest snapshot minus this duration
+    /// (years, months, days, hours: e.g. 1y2m3d4h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_within: Option<KeepDuration>,
+    /// Keep snapshots carrying all of these comma-separated tags (repeatable: any set).
+    #[arg(long, value_name = "TAG[,TAG...]")]
+    pub keep_tag: Vec<String>,
+    /// Only consider snapshots of this volume (or --name).
+    #[arg(long)]
+    pub volume: Option<String>,
+    /// Only consider snapshots from this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// List every snapshot as kept or forgotten, with the rules that keep it; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Then run `prune` (with its defaults and --grace) on the repository.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: time between marking data and deleting it (see `prune --grace`).
+    #[arg(long, default_value = "24h", value_parser = parse_grace, requires = "prune")]
+    pub grace: std::time::Duration,
+}
+
+fn parse_count(s: &str) -> Result<KeepCount, String> {
+    KeepCount::parse(s)
+}
+
+fn parse_duration(s: &str) -> Result<KeepDuration, String> {
+    KeepDuration::parse(s)
 }
 
 #[derive(Debug, Args)]

@@ -10,13 +10,14 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, ExportArgs, InitArgs, InventoryArgs, PruneArgs,
-    RestoreArgs, SnapshotsArgs,
+    BackupArgs, CheckArgs, Cli, Command, ExportArgs, ForgetArgs, InitArgs, InventoryArgs,
+    PruneArgs, RestoreArgs, SnapshotsArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
 use crate::docker::containers;
 use crate::error::{Error, Result, exit};
+use crate::forget::{self, Candidate, KeepPolicy};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore_cmd(&ctx, &a),
         Command::Export(a) => export(&ctx, &a),
         Command::Check(a) => check_cmd(&ctx, &a),
+        Command::Forget(a) => forget_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
         Command::Prune(a) => prune_cmd(&ctx, &a),
     }
@@ -187,6 +189,14 @@ fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
 }
 
 fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
+    let time = match &a.time {
+        Some(t) => Some(forget::parse_time(t).map_err(|e| {
+            Error::Usage(format!(
+                "backup --time: {e}; write it like 2024-05-01T12:00:00Z or 2024-05-01T14:00:00+02:00"
+            ))
+        })?),
+        None => None,
+    };
     let sources: Vec<backup::Source> = if let Some(path) = &a.path {
         let name = a.name.clone().unwrap_or_default();
         vec![backup::Source {
@@ -224,6 +234,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         let opts = backup::Options {
             tags: a.tags.clone(),
             host: ctx.host.clone(),
+            time,
             progress: ctx.progress(None, &src.name),
             marked: marked.clone(),
         };
@@ -619,16 +630,21 @@ fn prune_cmd(ctx: &Ctx, a: &PruneArgs) -> Result<i32> {
             host: ctx.host.clone(),
         },
     )?;
-    for p in &r.problems {
-        tracing::warn!("{p}");
-    }
     if ctx.json {
         let mut v = serde_json::to_value(&r).unwrap_or_default();
         v["dry_run"] = json!(a.dry_run);
         print_json(&v);
-        return Ok(exit::OK);
+    } else {
+        print_prune(&repo, &r, a.dry_run);
     }
-    let would = if a.dry_run { "would be " } else { "" };
+    Ok(exit::OK)
+}
+
+fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
+    for p in &r.problems {
+        tracing::warn!("{p}");
+    }
+    let would = if dry_run { "would be " } else { "" };
     println!(
         "{}: {} snapshots, {} packs; {} packs {would}deleted ({}), {} kept alive by newer snapshots",
         repo.location(),
@@ -656,7 +672,6 @@ fn prune_cmd(ctx: &Ctx, a: &PruneArgs) -> Result<i32> {
             .unwrap_or_else(|| due.to_string());
         println!("{packs} marked packs become deletable at {due} (a later prune deletes them)");
     }
-    Ok(exit::OK)
 }
 
 fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
@@ -700,6 +715,126 @@ fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
         exit::OK
     } else {
         exit::ERROR
+    })
+}
+
+fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
+    let policy = KeepPolicy {
+        last: a.keep_last.unwrap_or_default(),
+        hourly: a.keep_hourly.unwrap_or_default(),
+        daily: a.keep_daily.unwrap_or_default(),
+        weekly: a.keep_weekly.unwrap_or_default(),
+        monthly: a.keep_monthly.unwrap_or_default(),
+        yearly: a.keep_yearly.unwrap_or_default(),
+        within: a.keep_within.unwrap_or_default(),
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|t| forget::parse_tag_set(t))
+            .collect(),
+    };
+    if policy.is_empty() {
+        return Err(Error::Usage(
+            "forget needs at least one keep rule: --keep-last, --keep-hourly, --keep-daily, \
+             --keep-weekly, --keep-monthly, --keep-yearly (N, or -1 for all), --keep-within \
+             DURATION or --keep-tag TAGS. A count or duration of 0 is no rule; nothing was \
+             changed"
+                .into(),
+        ));
+    }
+    let repo = ctx.open()?;
+    let (all, problems) = repo.list_snapshots()?;
+    let mut partial = false;
+    for p in &problems {
+        tracing::warn!("{p}; that snapshot is left alone");
+        partial = true;
+    }
+    let mut candidates = Vec::new();
+    for (id, s) in all {
+        if a.volume.as_ref().is_some_and(|v| &s.volume != v)
+            || a.host.as_ref().is_some_and(|h| &s.host != h)
+        {
+            continue;
+        }
+        match forget::parse_time(&s.time) {
+            Ok(time) => candidates.push(Candidate {
+                id,
+                time,
+                host: s.host,
+                volume: s.volume,
+                tags: s.tags,
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "snapshot {} of {}: its time {e}; that snapshot is left alone",
+                    id.short(),
+                    s.volume
+                );
+                partial = true;
+            }
+        }
+    }
+    let plan = forget::plan(&candidates, &policy, time::OffsetDateTime::now_utc());
+    let emptied: Vec<String> = plan
+        .emptied_groups()
+        .iter()
+        .map(|g| format!("volume {} of host {}", g.volume, g.host))
+        .collect();
+    let refuse = !emptied.is_empty();
+    let (forgotten, failures) = if a.dry_run || refuse {
+        (0, Vec::new())
+    } else {
+        forget::execute(&repo, &plan)
+    };
+    let pruned = if a.prune && !refuse {
+        Some(prune::run(
+            &repo,
+            &prune::Options {
+                dry_run: a.dry_run,
+                grace: a.grace,
+                max_unused_percent: prune::DEFAULT_MAX_UNUSED_PERCENT,
+                host: ctx.host.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
+    if ctx.json {
+        let mut v = forget::plan_json(&plan, &policy, a.dry_run, forgotten, &failures);
+        if let Some(r) = &pruned {
+            v["prune"] = serde_json::to_value(r).unwrap_or_default();
+        }
+        print_json(&v);
+    } else {
+        print!("{}", forget::plan_table(&plan, &policy));
+        for f in &failures {
+            println!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
+        }
+        let would = plan.to_remove().count();
+        if a.dry_run {
+            println!("dry run: would forget {would} snapshot(s); nothing was deleted");
+        } else if !refuse {
+            println!(
+                "forgot {forgotten} snapshot(s); the data only they used stays in the repository until it is pruned"
+            );
+        }
+        if let Some(r) = &pruned {
+            print_prune(&repo, r, a.dry_run);
+        }
+    }
+    if refuse {
+        return Err(Error::Other(format!(
+            "refusing to forget: the rules keep no snapshot of {}, so its whole history would go; \
+             check the --keep-tag spelling, or add a rule such as --keep-last 1. Nothing was deleted",
+            emptied.join(", ")
+        )));
+    }
+    Ok(if !failures.is_empty() {
+        exit::ERROR
+    } else if partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
     })
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod docker;
 pub mod error;
+pub mod forget;
 pub mod fsmeta;
 pub mod ids;
 pub mod index;

@@ -122,13 +122,17 @@ pub struct Repository {
 }
 
 /// RFC 3339 in UTC with a fixed nine-digit fraction, so snapshot times sort as strings.
-fn now_rfc3339() -> String {
+pub fn format_time(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
     );
-    time::OffsetDateTime::now_utc()
+    t.to_offset(time::UtcOffset::UTC)
         .format(&fmt)
         .unwrap_or_default()
+}
+
+fn now_rfc3339() -> String {
+    format_time(time::OffsetDateTime::now_utc())
 }
 
 pub fn hostname() -> String {

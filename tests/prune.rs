@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Removes a snapshot object the way `forget` does (the command is built separately).
+/// Removes a snapshot object directly, as a forget on another host would.
 fn drop_snapshot(repo: &TestRepo, id: &str) {
     std::fs::remove_file(repo.repo.join("snapshots").join(id)).unwrap();
 }
@@ -67,12 +67,11 @@ fn garbage_is_marked_first_and_deleted_after_the_grace_period() {
     std::fs::remove_file(src.join("gone.bin")).unwrap();
     std::fs::write(src.join("new.bin"), pseudo_random(1 << 20, 3)).unwrap();
     let new = snapshot_id(&repo.run_json(&["backup", "--path", p, "--name", "v"]));
-    drop_snapshot(&repo, &old);
+    // forget --prune: the old snapshot goes; its packs are too young to be even marked.
+    let f = repo.run_json(&["forget", "--keep-last", "1", "--prune", "--grace", "24h"]);
+    assert_eq!(f["prune"]["packs_marked"], 0, "{f}");
+    assert!(!repo.repo.join("snapshots").join(&old).exists());
     let size_before = dir_size(&repo.repo.join("packs"));
-
-    // A long grace period: the packs are young, nothing is even marked.
-    let r = prune(&repo, "24h");
-    assert_eq!(r["packs_marked"], 0, "{r}");
 
     // Dry run: says what it would mark, writes nothing.
     let r = repo.run_json(&["prune", "--grace", "0s", "--dry-run"]);
@@ -205,9 +204,10 @@ fn prune_in_a_loop_beside_two_hosts_loses_nothing_kept() {
                             refused += 1;
                         }
                         // Forget all but the newest three snapshots of this host.
+                        me.run_ok(&["forget", "--keep-last", "3", "--volume", &format!("vol{h}")]);
                         while kept.len() > 3 {
                             let (_, id) = kept.remove(0);
-                            drop_snapshot(repo, &id);
+                            assert!(!me.repo.join("snapshots").join(&id).exists());
                         }
                         i += 1;
                     }
