@@ -330,7 +330,8 @@ pub fn to_dir(
         .map(|n| n.get())
         .unwrap_or(2)
         .max(repo.backend().read_concurrency());
-    let (tx, rx) = bounded::<FileJob>(64);
+    // Batches of small files: each holds open files, so few are queued.
+    let (tx, rx) = bounded::<Vec<FileJob>>(8);
     let mut dir_meta: Vec<(PathBuf, Node)> = Vec::new();
     let (walk_result, worker_reports) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -338,24 +339,27 @@ pub fn to_dir(
                 let rx = rx.clone();
                 s.spawn(move || {
                     let mut r = RestoreReport::default();
-                    for job in rx {
-                        let t = &job.target;
-                        match write_segment(repo, index, &job) {
-                            Ok(n) => r.bytes += n,
-                            Err(e) => {
-                                let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
-                                f.get_or_insert_with(|| e.to_string());
+                    for batch in rx {
+                        for (job, written) in batch.iter().zip(write_batch(repo, index, &batch)) {
+                            let t = &job.target;
+                            match written {
+                                Ok(n) => r.bytes += n,
+                                Err(e) => {
+                                    let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
+                                    f.get_or_insert_with(|| e.to_string());
+                                }
                             }
-                        }
-                        if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-                            let result = match failed {
-                                Some(e) => Err(Error::Other(e)),
-                                None => finish_file(t, opts.verify),
-                            };
-                            match result {
-                                Ok(()) => r.verified_files += opts.verify as u64,
-                                Err(e) => r.errors.push(format!("{}: {e}", t.display)),
+                            if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                let failed =
+                                    t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                                let result = match failed {
+                                    Some(e) => Err(Error::Other(e)),
+                                    None => finish_file(t, opts.verify),
+                                };
+                                match result {
+                                    Ok(()) => r.verified_files += opts.verify as u64,
+                                    Err(e) => r.errors.push(format!("{}: {e}", t.display)),
+                                }
                             }
                         }
                     }
@@ -364,6 +368,11 @@ pub fn to_dir(
             })
             .collect();
         drop(rx);
+        let mut batcher = Batcher {
+            tx,
+            jobs: Vec::new(),
+            bytes: 0,
+        };
         let mut stack: Vec<PendingDir> = Vec::new();
         let mut links: HashMap<u64, PathBuf> = HashMap::new();
         let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
@@ -406,14 +415,21 @@ pub fn to_dir(
                 }
                 return Ok(false);
             }
-            if let Err(e) =
-                restore_entry(index, node, &path, &display, &mut links, &tx, &mut report)
-            {
+            if let Err(e) = restore_entry(
+                index,
+                node,
+                &path,
+                &display,
+                &mut links,
+                &mut batcher,
+                &mut report,
+            ) {
                 report.errors.push(format!("{display}: {e}"));
             }
             Ok(false)
         });
-        drop(tx);
+        let res = res.and_then(|r| batcher.flush().map(|()| r));
+        drop(batcher);
         let reports: Vec<RestoreReport> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_default())
@@ -499,7 +515,7 @@ fn restore_entry(
     path: &Path,
     display: &str,
     links: &mut HashMap<u64, PathBuf>,
-    tx: &crossbeam_channel::Sender<FileJob>,
+    batcher: &mut Batcher,
     report: &mut RestoreReport,
 ) -> Result<()> {
     if node.kind == NodeKind::File {
@@ -533,12 +549,11 @@ fn restore_entry(
             failed: Mutex::new(None),
         });
         for (chunks, offset) in segments {
-            tx.send(FileJob {
+            batcher.push(FileJob {
                 target: target.clone(),
                 chunks,
                 offset,
-            })
-            .map_err(|_| Error::Other("restore workers stopped".into()))?;
+            })?;
         }
         return Ok(());
     }
@@ -576,6 +591,88 @@ fn segments(index: &Index, node: &Node) -> Vec<(std::ops::Range<usize>, u64)> {
 }
 
 /// Writes one segment of a file (holes stay holes). Returns the data bytes written.
+/// Jobs on their way to the workers, gathered so that many small files cost one read: the
+/// walk meets files in the order the backup stored them, so their chunks sit side by side.
+struct Batcher {
+    tx: crossbeam_channel::Sender<Vec<FileJob>>,
+    jobs: Vec<FileJob>,
+    bytes: u64,
+}
+
+impl Batcher {
+    /// Files per batch (each holds an open file until written).
+    const MAX_JOBS: usize = 32;
+    const MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+    fn push(&mut self, job: FileJob) -> Result<()> {
+        self.bytes += job.target.node.size.min(SEGMENT_BYTES);
+        self.jobs.push(job);
+        if self.jobs.len() >= Self::MAX_JOBS || self.bytes >= Self::MAX_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.bytes = 0;
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(std::mem::take(&mut self.jobs))
+            .map_err(|_| Error::Other("restore workers stopped".into()))
+    }
+}
+
+/// Writes a batch: the dense pieces' chunks are read together (one ranged read per run of
+/// neighbours, see `Repository::read_blobs`), sparse files one by one.
+fn write_batch(repo: &Repository, index: &Index, batch: &[FileJob]) -> Vec<Result<u64>> {
+    let dense = |j: &FileJob| j.target.node.extents.is_none();
+    let ids: Vec<BlobId> = batch
+        .iter()
+        .filter(|j| dense(j))
+        .flat_map(|j| j.target.node.content[j.chunks.clone()].iter().copied())
+        .collect();
+    let mut data = match repo.read_blobs(index, &ids) {
+        Ok(d) => d.into_iter(),
+        // Read again file by file, so the error names the file(s) it belongs to.
+        Err(_) => {
+            return batch
+                .iter()
+                .map(|j| write_segment(repo, index, j))
+                .collect();
+        }
+    };
+    batch
+        .iter()
+        .map(|j| {
+            if !dense(j) {
+                return write_segment(repo, index, j);
+            }
+            let chunks: Vec<Vec<u8>> = data.by_ref().take(j.chunks.len()).collect();
+            write_chunks(j, chunks)
+        })
+        .collect()
+}
+
+fn write_chunks(job: &FileJob, chunks: Vec<Vec<u8>>) -> Result<u64> {
+    let t = &job.target;
+    let mut offset = job.offset;
+    for data in chunks {
+        if offset + data.len() as u64 > t.node.size {
+            return Err(Error::corrupt(
+                format!("file {}", t.display),
+                "more data than its size",
+            ));
+        }
+        t.file
+            .write_all_at(&data, offset)
+            .map_err(|e| Error::io("cannot write", &t.path, e))?;
+        offset += data.len() as u64;
+    }
+    Ok(offset - job.offset)
+}
+
 fn write_segment(repo: &Repository, index: &Index, job: &FileJob) -> Result<u64> {
     let t = &job.target;
     let io_err = |e| Error::io("cannot write", &t.path, e);
@@ -590,18 +687,10 @@ fn write_segment(repo: &Repository, index: &Index, job: &FileJob) -> Result<u64>
         }
         return Ok(written);
     }
-    let mut offset = job.offset;
-    for data in repo.read_blobs(index, &t.node.content[job.chunks.clone()])? {
-        if offset + data.len() as u64 > t.node.size {
-            return Err(Error::corrupt(
-                format!("file {}", t.display),
-                "more data than its size",
-            ));
-        }
-        t.file.write_all_at(&data, offset).map_err(io_err)?;
-        offset += data.len() as u64;
-    }
-    Ok(offset - job.offset)
+    write_chunks(
+        job,
+        repo.read_blobs(index, &t.node.content[job.chunks.clone()])?,
+    )
 }
 
 /// After the last segment: size check, optional re-hash, then metadata (last, so the
