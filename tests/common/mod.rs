@@ -423,13 +423,34 @@ impl S3Env {
                 .cloned()
                 .unwrap_or_else(|| panic!("{} names no {k}", path.display()))
         };
-        S3Env {
+        let env = S3Env {
             server,
             endpoint: get("AWS_ENDPOINT_URL"),
             access_key: get("AWS_ACCESS_KEY_ID"),
             secret_key: get("AWS_SECRET_ACCESS_KEY"),
             region: get("AWS_REGION"),
             vars,
+        };
+        env.require_up();
+        env
+    }
+
+    /// Panics unless a signed ListBuckets answers 200, so a test whose server is down
+    /// fails saying so instead of with a confusing error further on.
+    fn require_up(&self) {
+        let mut c = self.curl();
+        c.args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{}/", self.endpoint.trim_end_matches('/')));
+        let out = output_of(&mut c);
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if code != "200" {
+            panic!(
+                "the {:?} test server at {} does not answer a signed ListBuckets (HTTP {code}).\n\
+                 Run `bash tests/env/setup.sh` (or the whole suite with `bash tests/run.sh`).\n{}",
+                self.server,
+                self.endpoint,
+                describe(&c, &out)
+            );
         }
     }
 
