@@ -297,7 +297,7 @@ fn added(report: &serde_json::Value) -> u64 {
 /// node dies and backup and restore still work with 2 of 3 nodes.
 #[test]
 fn two_hosts_share_one_repository_and_survive_a_dead_garage_node() {
-    let (repo, s3, _bucket) = TestRepo::s3(S3Server::Garage3, "fleet");
+    let (repo, s3, bucket) = TestRepo::s3(S3Server::Garage3, "fleet");
     let node1 = GarageNode::load(&s3, 1);
     let node3 = GarageNode::load(&s3, 3);
     node1.wait_storage_nodes_up(3);
@@ -416,4 +416,5 @@ fn two_hosts_share_one_repository_and_survive_a_dead_garage_node() {
     guard.restart();
     node1.wait_storage_nodes_up(3);
     check_read_data(&repo);
+    s3.remove_bucket(&bucket);
 }

@@ -3,7 +3,8 @@
 //! unchanged and incremental backups, restore, check --read-data) and the two mistakes
 //! users make first (wrong credentials, missing bucket), the SAME bodies for each server,
 //! because S3 servers differ in what they accept and answer. Each test makes its own
-//! bucket. Tests FAIL, never skip, when a server is not reachable.
+//! bucket and removes it when it passes. Tests FAIL, never skip, when a server is not
+//! reachable.
 
 mod common;
 
@@ -148,12 +149,13 @@ fn round_trip(server: S3Server) {
         assert_eq!(parts.len(), 5, "{k}");
         assert!(parts[4].starts_with(parts[3]) && parts[3].len() == 2, "{k}");
     }
+    s3.remove_bucket(&bucket);
 }
 
 /// A wrong secret and an unknown key id each fail with exit 1 and one line naming the
 /// S3 error code and the endpoint.
 fn wrong_credentials(server: S3Server) {
-    let (mut repo, s3, _bucket) = TestRepo::s3(server, "creds");
+    let (mut repo, s3, bucket) = TestRepo::s3(server, "creds");
     repo.run_ok(&["init"]);
     for (var, value) in [
         ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
@@ -180,6 +182,7 @@ fn wrong_credentials(server: S3Server) {
         );
         assert!(err.contains(s3.host_port()), "names no endpoint: {err}");
     }
+    s3.remove_bucket(&bucket);
 }
 
 /// init and snapshots on a bucket that does not exist fail with one line naming it.
