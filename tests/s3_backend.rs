@@ -66,7 +66,7 @@ fn etags(s3: &S3Env, bucket: &str) -> Vec<(String, String)> {
 
 #[test]
 fn large_packs_go_up_as_multipart_uploads_and_restore_byte_for_byte() {
-    let (mut repo, s3, bucket) = TestRepo::s3("mp");
+    let (mut repo, s3, bucket) = TestRepo::s3(S3Server::SeaweedFs, "mp");
     // Every 16 MiB pack crosses a 1 MiB threshold and goes up in 5 MiB parts.
     use_config(
         &mut repo,
@@ -111,7 +111,7 @@ fn large_packs_go_up_as_multipart_uploads_and_restore_byte_for_byte() {
 
 #[test]
 fn credentials_storage_class_and_sse_come_from_the_config_file() {
-    let (mut repo, s3, bucket) = TestRepo::s3("cfg");
+    let (mut repo, s3, bucket) = TestRepo::s3(S3Server::SeaweedFs, "cfg");
     // No credentials in the environment: only the config file can supply them.
     repo.env
         .retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
@@ -172,7 +172,7 @@ fn credentials_storage_class_and_sse_come_from_the_config_file() {
 
 #[test]
 fn unknown_sse_mode_in_config_is_a_clear_error() {
-    let (mut repo, s3, bucket) = TestRepo::s3("badsse");
+    let (mut repo, s3, bucket) = TestRepo::s3(S3Server::SeaweedFs, "badsse");
     use_config(&mut repo, "[s3]\nsse = \"aes\"\n");
     let out = repo.run(&["init"]);
     assert_eq!(out.status.code(), Some(1));
@@ -224,7 +224,7 @@ fn fake_web_server() -> (String, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn an_endpoint_that_is_not_s3_fails_with_one_line_and_writes_nothing() {
     let (endpoint, seen) = fake_web_server();
-    let (mut repo, _s3, _bucket) = TestRepo::s3("web");
+    let (mut repo, _s3, _bucket) = TestRepo::s3(S3Server::SeaweedFs, "web");
     for (k, v) in repo.env.iter_mut() {
         if k == "AWS_ENDPOINT_URL" {
             *v = endpoint.clone();
@@ -254,7 +254,7 @@ fn an_endpoint_nobody_listens_on_fails_with_one_line() {
         .local_addr()
         .unwrap()
         .port();
-    let (mut repo, _s3, _bucket) = TestRepo::s3("down");
+    let (mut repo, _s3, _bucket) = TestRepo::s3(S3Server::SeaweedFs, "down");
     for (k, v) in repo.env.iter_mut() {
         if k == "AWS_ENDPOINT_URL" {
             *v = format!("http://127.0.0.1:{port}");
@@ -339,7 +339,7 @@ impl Drop for TlsProxy {
 
 #[test]
 fn a_private_ca_bundle_makes_a_tls_endpoint_usable() {
-    let (mut repo, s3, bucket) = TestRepo::s3("tls");
+    let (mut repo, s3, bucket) = TestRepo::s3(S3Server::SeaweedFs, "tls");
     let tls_dir = repo.path().join("tls");
     std::fs::create_dir_all(&tls_dir).unwrap();
     let proxy = TlsProxy::start(&tls_dir, &s3);

@@ -148,6 +148,9 @@ impl PrivateGarage {
 
     fn env(&self) -> S3Env {
         S3Env {
+            // A private node started by this test, not setup.sh's.
+            server: S3Server::Garage,
+            vars: Default::default(),
             endpoint: format!("http://127.0.0.1:{}", self.s3_port),
             access_key: self.key_id.clone(),
             secret_key: self.secret.clone(),

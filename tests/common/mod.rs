@@ -92,6 +92,12 @@ impl TestRepo {
     /// `volguard --config <missing> --repo <repo> --key-file <key>`; append the
     /// subcommand (and, before it, any further global flags) yourself.
     pub fn cmd(&self) -> Command {
+        self.cmd_with_config(&self.config)
+    }
+
+    /// [`TestRepo::cmd`] with another config file, e.g. one naming a different
+    /// `host`, so several "machines" can share one repository.
+    pub fn cmd_with_config(&self, config: &Path) -> Command {
         let mut c = Command::new(volguard_bin());
         for var in LEAKY_ENV {
             c.env_remove(var);
@@ -100,7 +106,7 @@ impl TestRepo {
             c.env(k, v);
         }
         c.arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("--repo")
             .arg(&self.repo)
             .arg("--key-file")
@@ -351,48 +357,118 @@ pub fn sh_in_volume(volume: &str, script: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// S3 (SeaweedFS started by tests/env/setup.sh)
+// S3 (SeaweedFS and Garage, started by tests/env/setup.sh)
 // ---------------------------------------------------------------------------
 
-/// Endpoint and credentials of the test S3 server, as `tests/env/setup.sh` writes them.
+/// The real S3 servers `tests/env/setup.sh` runs on 127.0.0.1; each has its own env file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Server {
+    /// SeaweedFS `weed mini` on :8333.
+    SeaweedFs,
+    /// Garage, one node (sqlite, replication factor 1) on :3900.
+    Garage,
+    /// Garage, three nodes (replication factor 3); tests talk to node 1 on :3910.
+    Garage3,
+}
+
+impl S3Server {
+    /// Where `tests/env/setup.sh` writes this server's endpoint and credentials.
+    pub fn env_file(self) -> PathBuf {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        let name = match self {
+            S3Server::SeaweedFs => "s3.env",
+            S3Server::Garage => "garage.env",
+            S3Server::Garage3 => "garage3.env",
+        };
+        PathBuf::from(home).join(".cache/volguard").join(name)
+    }
+}
+
+/// Endpoint and credentials of a test S3 server, as `tests/env/setup.sh` writes them.
 #[derive(Debug, Clone)]
 pub struct S3Env {
+    pub server: S3Server,
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+    /// Every `KEY=value` line of the env file (Garage's also name the binary, and
+    /// per node the endpoint, config file, pid file and log).
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
-/// Where `tests/env/setup.sh` writes the SeaweedFS endpoint and credentials.
-pub fn s3_env_file() -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/volguard/s3.env")
-}
+/// SHA-256 of an empty body: Garage rejects a signed request without an
+/// `x-amz-content-sha256` header, which curl's --aws-sigv4 only sends when given.
+const EMPTY_BODY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 impl S3Env {
-    /// Reads the env file; panics (tests FAIL, never skip) when it is missing.
-    pub fn load() -> S3Env {
-        let path = s3_env_file();
+    /// Reads the server's env file; panics (tests FAIL, never skip) when it is missing.
+    pub fn load(server: S3Server) -> S3Env {
+        let path = server.env_file();
         let text = fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "cannot read {} ({e}): the S3 test server is not set up.\n\
+                "cannot read {} ({e}): the {server:?} test server is not set up.\n\
                  Run `bash tests/env/setup.sh` (or the whole suite with `bash tests/run.sh`).",
                 path.display()
             )
         });
+        let vars: std::collections::BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
         let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            vars.get(k)
+                .cloned()
                 .unwrap_or_else(|| panic!("{} names no {k}", path.display()))
-                .trim()
-                .to_string()
         };
-        S3Env {
+        let env = S3Env {
+            server,
             endpoint: get("AWS_ENDPOINT_URL"),
             access_key: get("AWS_ACCESS_KEY_ID"),
             secret_key: get("AWS_SECRET_ACCESS_KEY"),
             region: get("AWS_REGION"),
+            vars,
+        };
+        env.require_up();
+        env
+    }
+
+    /// Panics unless a signed ListBuckets answers 200, so a test whose server is down
+    /// fails saying so instead of with a confusing error further on.
+    fn require_up(&self) {
+        let mut c = self.curl();
+        c.args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{}/", self.endpoint.trim_end_matches('/')));
+        let out = output_of(&mut c);
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if code != "200" {
+            panic!(
+                "the {:?} test server at {} does not answer a signed ListBuckets (HTTP {code}).\n\
+                 Run `bash tests/env/setup.sh` (or the whole suite with `bash tests/run.sh`).\n{}",
+                self.server,
+                self.endpoint,
+                describe(&c, &out)
+            );
         }
+    }
+
+    /// A value of the env file beyond the four AWS ones; panics naming the file when absent.
+    pub fn var(&self, key: &str) -> String {
+        self.vars.get(key).cloned().unwrap_or_else(|| {
+            panic!(
+                "{} names no {key}; run `bash tests/env/setup.sh`",
+                self.server.env_file().display()
+            )
+        })
+    }
+
+    /// `host:port` of the endpoint, as volguard's error messages name it.
+    pub fn host_port(&self) -> &str {
+        self.endpoint
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
     }
 
     /// The environment a `volguard` process needs to reach this server.
@@ -416,7 +492,7 @@ impl S3Env {
             self.endpoint.trim_end_matches('/')
         );
         let mut c = self.curl();
-        c.arg(&url);
+        c.arg("--fail").arg(&url);
         let out = output_of(&mut c);
         if !out.status.success() {
             panic!("cannot list bucket {bucket}: {}", describe(&c, &out));
@@ -428,9 +504,12 @@ impl S3Env {
             .collect()
     }
 
+    /// curl with SigV4 signing for this server (body-less requests only).
     fn curl(&self) -> Command {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--fail", "--max-time", "30"])
+        c.args(["-sS", "--max-time", "30"])
+            .arg("-H")
+            .arg(format!("x-amz-content-sha256: {EMPTY_BODY_SHA256}"))
             .arg("--aws-sigv4")
             .arg(format!("aws:amz:{}:s3", self.region))
             .arg("--user")
@@ -439,28 +518,54 @@ impl S3Env {
         c
     }
 
-    /// Creates `bucket` with a SigV4-signed `PUT /bucket` (curl --aws-sigv4); panics
-    /// with the server's answer when that fails, e.g. because SeaweedFS is not running.
+    /// Creates `bucket` with a SigV4-signed `PUT /bucket` (S3 CreateBucket); panics
+    /// with the server's answer when that fails, e.g. because the server is not running.
     pub fn create_bucket(&self, bucket: &str) {
         let url = format!("{}/{bucket}", self.endpoint.trim_end_matches('/'));
-        let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
-            .arg("--aws-sigv4")
-            .arg(format!("aws:amz:{}:s3", self.region))
-            .arg("--user")
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
-            .args(["-X", "PUT", &url])
-            .stdin(Stdio::null());
+        let mut c = self.curl();
+        c.args(["-o", "-", "-w", "\n%{http_code}", "-X", "PUT", &url]);
         let out = output_of(&mut c);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let code = stdout.lines().last().unwrap_or("").trim().to_string();
         if !out.status.success() || code != "200" {
             panic!(
-                "cannot create bucket {bucket} at {} (HTTP {code}); is SeaweedFS running? \
+                "cannot create bucket {bucket} at {} (HTTP {code}); is the {:?} server running? \
                  Run `bash tests/env/setup.sh`.\n{}",
                 self.endpoint,
+                self.server,
                 describe(&c, &out)
             );
+        }
+    }
+}
+
+impl S3Env {
+    /// Deletes every object of `bucket`, then the bucket, so test data does not pile up
+    /// on the servers (a multi-host run stores ~230 MiB, three times on the cluster).
+    /// Panics on any answer but success: a leak should be seen.
+    pub fn remove_bucket(&self, bucket: &str) {
+        let base = self.endpoint.trim_end_matches('/');
+        loop {
+            let keys = self.list_keys(bucket);
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                self.delete_ok(&format!("{base}/{bucket}/{key}"));
+            }
+        }
+        self.delete_ok(&format!("{base}/{bucket}"));
+    }
+
+    /// A signed DELETE that must answer 204 (or 200).
+    fn delete_ok(&self, url: &str) {
+        let mut c = self.curl();
+        c.args(["-o", "-", "-w", "\n%{http_code}", "-X", "DELETE", url]);
+        let out = output_of(&mut c);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let code = stdout.lines().last().unwrap_or("").trim();
+        if !out.status.success() || !matches!(code, "200" | "204") {
+            panic!("DELETE {url} answered HTTP {code}: {}", describe(&c, &out));
         }
     }
 }
@@ -474,10 +579,10 @@ pub fn unique_bucket(prefix: &str) -> String {
 }
 
 impl TestRepo {
-    /// A repository `s3://<new unique bucket>/<prefix>` on the test S3 server, with the
-    /// key file and config handling of [`TestRepo::new`]. Panics if the server is down.
-    pub fn s3(prefix: &str) -> (TestRepo, S3Env, String) {
-        let s3 = S3Env::load();
+    /// A repository `s3://<new unique bucket>/<prefix>` on `server`, with the key file
+    /// and config handling of [`TestRepo::new`]. Panics if the server is down.
+    pub fn s3(server: S3Server, prefix: &str) -> (TestRepo, S3Env, String) {
+        let s3 = S3Env::load(server);
         let bucket = unique_bucket("vg");
         s3.create_bucket(&bucket);
         let mut repo = TestRepo::new();

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Why this exists: volguard's integration tests run against REAL components (a
-# real dockerd, later real S3 servers; see DESIGN.md §6/§7), and a fresh CI
+# real dockerd, real S3 servers; see DESIGN.md §6/§7), and a fresh CI
 # machine has none of them. This script brings a Debian 12 host to the state
 # the tests expect, and is safe to run any number of times:
 #   1. installs the Debian packages the tests use (only when one is missing),
 #   2. starts dockerd with networking off when no daemon answers (an already
 #      running daemon is used as is), and leaves it running,
 #   3. builds the tiny offline image volguard-test/busybox:latest if absent
-#      (no registry is reachable, so it is made with `docker import`).
+#      (no registry is reachable, so it is made with `docker import`),
+#   4. starts the S3 servers on 127.0.0.1 (SeaweedFS; Garage as one node and as
+#      a 3-node cluster, built once with cargo install), reusing any that answer
+#      and restarting any that died, and writes their test env files.
 # Tests FAIL (they do not skip) when this environment is missing.
 set -euo pipefail
 
@@ -211,7 +214,317 @@ EOF_JSON
     done
     log "seaweedfs: S3 answering on ${SEAWEED_ENDPOINT} after ${waited}s; test env in ${S3_ENV_FILE}"
 }
-# Garage (start_garage) is a later slice.
+# Garage (DESIGN.md §7): a real distributed S3 store, built from crates.io once
+# and cached. Two deployments, both on 127.0.0.1 only:
+#   - a single node (sqlite, replication_factor 1): S3 on :3900, RPC on :3901;
+#   - a 3-node cluster (replication_factor 3, one zone per node, shared
+#     rpc_secret): node i has S3 on :39i0 and RPC on :39i1 (3910/3911,
+#     3920/3921, 3930/3931); the tests talk to node 1 and may stop node 2 or 3.
+# A node that answers is reused; a node whose process died (a test killed it,
+# the machine rebooted) is started again on its existing data. Garage shows a
+# key's secret only when the key is created, so it is stored then (mode 0600)
+# and reused on every later run. The tests read ${GARAGE_ENV_FILE} and
+# ${GARAGE3_ENV_FILE}; they create their own buckets (the key may CreateBucket).
+readonly GARAGE_VERSION="2.5.0"
+readonly GARAGE_ROOT="${STATE_DIR}/garage"
+readonly GARAGE_BIN="${GARAGE_ROOT}/bin/garage"
+readonly GARAGE_BUILD_DIR="${STATE_DIR}/garage-build"
+readonly GARAGE_INSTALL_LOG="${STATE_DIR}/garage-install.log"
+readonly GARAGE1_DIR="${STATE_DIR}/garage-1node"
+readonly GARAGE3_DIR="${STATE_DIR}/garage-3node"
+readonly GARAGE_ENV_FILE="${STATE_DIR}/garage.env"
+readonly GARAGE3_ENV_FILE="${STATE_DIR}/garage3.env"
+# The S3 region Garage expects in request signatures; AWS_REGION must match it.
+readonly GARAGE_REGION="garage"
+readonly GARAGE_KEY_NAME="volguard-test"
+readonly GARAGE_WAIT_SECS=60
+
+# The S3 and RPC ports of node $1 (0 = the single node, 1-3 = the cluster).
+garage_s3_port() { if [[ "$1" == 0 ]]; then echo 3900; else echo "39${1}0"; fi; }
+garage_rpc_port() { if [[ "$1" == 0 ]]; then echo 3901; else echo "39${1}1"; fi; }
+
+install_garage() {
+    if [[ -x "${GARAGE_BIN}" ]] && "${GARAGE_BIN}" --version 2>/dev/null | grep -q "${GARAGE_VERSION}"; then
+        log "garage: $("${GARAGE_BIN}" --version 2>/dev/null | cut -d' ' -f1-2) at ${GARAGE_BIN}"
+        return
+    fi
+    if ! command -v cargo >/dev/null 2>&1 && [[ -f "${HOME}/.cargo/env" ]]; then
+        # shellcheck disable=SC1091
+        . "${HOME}/.cargo/env"
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo missing: cannot build garage ${GARAGE_VERSION}"
+    # About 7-13 minutes on 2 cores, once per machine; the build directory is kept
+    # so an interrupted build resumes.
+    log "garage: building garage@${GARAGE_VERSION} from crates.io (several minutes), log: ${GARAGE_INSTALL_LOG}"
+    if ! CARGO_TARGET_DIR="${GARAGE_BUILD_DIR}" cargo install --locked "garage@${GARAGE_VERSION}" \
+        --root "${GARAGE_ROOT}" >"${GARAGE_INSTALL_LOG}" 2>&1; then
+        tail -n 40 "${GARAGE_INSTALL_LOG}" >&2 || true
+        die "cargo install garage@${GARAGE_VERSION} failed (log: ${GARAGE_INSTALL_LOG})"
+    fi
+    [[ -x "${GARAGE_BIN}" ]] || die "cargo install garage left no ${GARAGE_BIN}"
+    log "garage: installed ${GARAGE_BIN}"
+}
+
+# `garage -c CONFIG args...`: the CLI reaches the node through its RPC port.
+garage_cli() {
+    local config="$1"
+    shift
+    "${GARAGE_BIN}" -c "${config}" "$@"
+}
+
+garage_s3_answers() {
+    # Any HTTP answer (403 for an anonymous request) means the S3 API is up.
+    local code
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://127.0.0.1:$1/" 2>/dev/null)" || return 1
+    [[ "${code}" != "000" ]]
+}
+
+# Pid of the garage server running with this config, if any (matched on the full
+# command line, so no other garage is ever touched).
+garage_server_pid() {
+    { pgrep -f -x -- "${GARAGE_BIN} -c $1 server" || true; } | head -n1
+}
+
+# The secret shared by all nodes of one deployment, made once.
+garage_rpc_secret() {
+    local file="$1/rpc_secret"
+    if [[ ! -s "${file}" ]]; then
+        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"${file}.tmp") \
+            || die "cannot generate ${file}"
+        mv "${file}.tmp" "${file}"
+    fi
+    cat "${file}"
+}
+
+# Writes DIR/garage.toml for node N (0 = single node) with replication factor RF.
+write_garage_config() {
+    local dir="$1" n="$2" rf="$3" secret="$4"
+    local rpc s3
+    rpc="127.0.0.1:$(garage_rpc_port "${n}")"
+    s3="127.0.0.1:$(garage_s3_port "${n}")"
+    mkdir -p "${dir}/meta" "${dir}/data"
+    (umask 077 && cat >"${dir}/garage.toml.tmp" <<EOF_TOML
+# Written by tests/env/setup.sh; test-only node on loopback.
+metadata_dir = "${dir}/meta"
+data_dir = "${dir}/data"
+db_engine = "sqlite"
+replication_factor = ${rf}
+rpc_bind_addr = "${rpc}"
+rpc_public_addr = "${rpc}"
+rpc_secret = "${secret}"
+
+[s3_api]
+s3_region = "${GARAGE_REGION}"
+api_bind_addr = "${s3}"
+root_domain = ".s3.garage.localhost"
+EOF_TOML
+    )
+    mv "${dir}/garage.toml.tmp" "${dir}/garage.toml"
+}
+
+# Starts the node whose files are in DIR unless its S3 port already answers;
+# records its pid in DIR/garage.pid.
+start_garage_node() {
+    local dir="$1" n="$2"
+    local config="${dir}/garage.toml" port pid
+    port="$(garage_s3_port "${n}")"
+    if garage_s3_answers "${port}"; then
+        pid="$(garage_server_pid "${config}")"
+        if [[ -n "${pid}" ]]; then echo "${pid}" >"${dir}/garage.pid"; fi
+        log "garage: node ${dir##*/} already answering on 127.0.0.1:${port}"
+        return
+    fi
+    pid="$(garage_server_pid "${config}")"
+    if [[ -n "${pid}" ]]; then
+        log "garage: node ${dir##*/} process ${pid} exists but S3 does not answer yet; waiting"
+    else
+        log "garage: starting node ${dir##*/} (S3 127.0.0.1:${port}), log: ${dir}/garage.log"
+        printf '\n=== %s setup.sh starting garage ===\n' "$(date -Is)" >>"${dir}/garage.log"
+        NO_COLOR=1 setsid "${GARAGE_BIN}" -c "${config}" server </dev/null >>"${dir}/garage.log" 2>&1 &
+        disown || true
+    fi
+    local waited=0
+    while ! garage_s3_answers "${port}"; do
+        if ((waited >= GARAGE_WAIT_SECS)); then
+            tail -n 40 "${dir}/garage.log" >&2 || true
+            die "garage node ${dir} did not answer on 127.0.0.1:${port} within ${GARAGE_WAIT_SECS}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    pid="$(garage_server_pid "${config}")"
+    [[ -n "${pid}" ]] || die "garage answers on ${port} but no process runs ${config}"
+    echo "${pid}" >"${dir}/garage.pid"
+    log "garage: node ${dir##*/} answering on 127.0.0.1:${port} after ${waited}s (pid ${pid})"
+}
+
+# Gives every listed node (full ids) a role in zone zN, unless the current
+# layout already has all of them; then applies the next layout version.
+garage_layout() {
+    local config="$1"
+    shift
+    local show id i=0 staged=0 version
+    show="$(garage_cli "${config}" layout show)" || die "garage layout show failed (${config})"
+    for id in "$@"; do
+        i=$((i + 1))
+        # The current layout section lists each node with a role by its 16-char short id.
+        if sed -n '/CURRENT CLUSTER LAYOUT/,/Current cluster layout version/p' <<<"${show}" \
+            | grep -q "^${id:0:16} "; then
+            continue
+        fi
+        garage_cli "${config}" layout assign -z "z${i}" -c 1G "${id}" >/dev/null \
+            || die "garage layout assign ${id} failed"
+        staged=1
+    done
+    if ((staged == 0)); then
+        log "garage: layout already assigns all $# node(s)"
+        return
+    fi
+    version="$(garage_cli "${config}" layout show | sed -n 's/^Current cluster layout version: \([0-9]*\).*/\1/p')"
+    [[ -n "${version}" ]] || die "cannot read the current layout version (${config})"
+    garage_cli "${config}" layout apply --version "$((version + 1))" >/dev/null \
+        || die "garage layout apply --version $((version + 1)) failed"
+    log "garage: layout version $((version + 1)) applied ($# node(s))"
+}
+
+# Waits until GetClusterHealth reports every storage node up and all partitions ok.
+garage_wait_healthy() {
+    local config="$1" nodes="$2" waited=0 health=""
+    while :; do
+        health="$(garage_cli "${config}" json-api GetClusterHealth 2>/dev/null | tr -d ' \n')" || true
+        if [[ "${health}" == *'"status":"healthy"'* && "${health}" =~ \"storageNodesUp\":${nodes}[,}] ]]; then
+            break
+        fi
+        if ((waited >= GARAGE_WAIT_SECS)); then
+            die "garage (${config}) not healthy with ${nodes} node(s) after ${GARAGE_WAIT_SECS}s: ${health}"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# Prints "KEY_ID SECRET" of the deployment's test key: the stored one if Garage
+# still knows it, else a new key (whose secret is stored, mode 0600). Either way
+# the key may create buckets.
+garage_key() {
+    local config="$1" file="$2/s3-key" id secret out
+    if [[ -s "${file}" ]]; then
+        read -r id secret <"${file}"
+        if garage_cli "${config}" key info "${id}" >/dev/null 2>&1; then
+            garage_cli "${config}" key allow --create-bucket "${id}" >/dev/null \
+                || die "garage key allow --create-bucket ${id} failed"
+            echo "${id} ${secret}"
+            return
+        fi
+        log "garage: stored key ${id} is unknown to the cluster (data dir reset?); creating a new one"
+    fi
+    out="$(garage_cli "${config}" key create "${GARAGE_KEY_NAME}")" || die "garage key create failed (${config})"
+    id="$(awk '/^Key ID:/ {print $3}' <<<"${out}")"
+    secret="$(awk '/^Secret key:/ {print $3}' <<<"${out}")"
+    [[ "${id}" == GK* && ${#secret} -ge 32 ]] || die "cannot parse garage key create output: ${out}"
+    (umask 077 && echo "${id} ${secret}" >"${file}.tmp") && mv "${file}.tmp" "${file}"
+    garage_cli "${config}" key allow --create-bucket "${id}" >/dev/null \
+        || die "garage key allow --create-bucket ${id} failed"
+    log "garage: created key ${id} (secret stored in ${file})"
+    echo "${id} ${secret}"
+}
+
+# Waits until a signed ListBuckets with the key answers 200: the deployment can
+# serve the tests (layout active, key known on the node we talk to).
+garage_wait_s3_ready() {
+    local port="$1" id="$2" secret="$3" waited=0 code
+    while :; do
+        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+            -H 'x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' \
+            --aws-sigv4 "aws:amz:${GARAGE_REGION}:s3" --user "${id}:${secret}" \
+            "http://127.0.0.1:${port}/" 2>/dev/null)" || true
+        [[ "${code}" == "200" ]] && return
+        if ((waited >= GARAGE_WAIT_SECS)); then
+            die "garage S3 on 127.0.0.1:${port}: signed ListBuckets answered HTTP ${code} after ${GARAGE_WAIT_SECS}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# Writes an env file atomically, mode 0600 (it holds a secret); lines from stdin.
+write_env_file() {
+    (umask 077 && cat >"$1.tmp") && mv "$1.tmp" "$1"
+}
+
+start_garage_single() {
+    local dir="${GARAGE1_DIR}" secret id key creds
+    mkdir -p "${dir}"
+    secret="$(garage_rpc_secret "${dir}")"
+    write_garage_config "${dir}" 0 1 "${secret}"
+    start_garage_node "${dir}" 0
+    id="$(garage_cli "${dir}/garage.toml" node id -q | cut -d@ -f1)" || die "garage node id failed (${dir})"
+    garage_layout "${dir}/garage.toml" "${id}"
+    garage_wait_healthy "${dir}/garage.toml" 1
+    creds="$(garage_key "${dir}/garage.toml" "${dir}")"
+    read -r key secret <<<"${creds}"
+    garage_wait_s3_ready "$(garage_s3_port 0)" "${key}" "${secret}"
+    write_env_file "${GARAGE_ENV_FILE}" <<EOF_ENV
+AWS_ENDPOINT_URL=http://127.0.0.1:$(garage_s3_port 0)
+AWS_ACCESS_KEY_ID=${key}
+AWS_SECRET_ACCESS_KEY=${secret}
+AWS_REGION=${GARAGE_REGION}
+GARAGE_BIN=${GARAGE_BIN}
+GARAGE_CONFIG=${dir}/garage.toml
+EOF_ENV
+    log "garage: single node ready on 127.0.0.1:$(garage_s3_port 0); test env in ${GARAGE_ENV_FILE}"
+}
+
+start_garage_cluster() {
+    local secret n dir ids=() node key creds
+    mkdir -p "${GARAGE3_DIR}"
+    secret="$(garage_rpc_secret "${GARAGE3_DIR}")"
+    for n in 1 2 3; do
+        dir="${GARAGE3_DIR}/n${n}"
+        write_garage_config "${dir}" "${n}" 3 "${secret}"
+        start_garage_node "${dir}" "${n}"
+    done
+    local first="${GARAGE3_DIR}/n1/garage.toml"
+    for n in 1 2 3; do
+        node="$(garage_cli "${GARAGE3_DIR}/n${n}/garage.toml" node id -q)" \
+            || die "garage node id failed (node ${n})"
+        ids+=("${node%%@*}")
+        # Connecting known peers again is harmless; a restarted node also finds
+        # them itself from its stored peer list.
+        if ((n > 1)); then
+            garage_cli "${first}" node connect "${node}" >/dev/null \
+                || die "garage node connect ${node} from node 1 failed"
+        fi
+    done
+    garage_layout "${first}" "${ids[@]}"
+    garage_wait_healthy "${first}" 3
+    creds="$(garage_key "${first}" "${GARAGE3_DIR}")"
+    read -r key secret <<<"${creds}"
+    garage_wait_s3_ready "$(garage_s3_port 1)" "${key}" "${secret}"
+    {
+        echo "AWS_ENDPOINT_URL=http://127.0.0.1:$(garage_s3_port 1)"
+        echo "AWS_ACCESS_KEY_ID=${key}"
+        echo "AWS_SECRET_ACCESS_KEY=${secret}"
+        echo "AWS_REGION=${GARAGE_REGION}"
+        echo "GARAGE_BIN=${GARAGE_BIN}"
+        echo "GARAGE_NODES=3"
+        for n in 1 2 3; do
+            dir="${GARAGE3_DIR}/n${n}"
+            echo "GARAGE_NODE${n}_ENDPOINT=http://127.0.0.1:$(garage_s3_port "${n}")"
+            echo "GARAGE_NODE${n}_CONFIG=${dir}/garage.toml"
+            echo "GARAGE_NODE${n}_PID_FILE=${dir}/garage.pid"
+            echo "GARAGE_NODE${n}_LOG=${dir}/garage.log"
+        done
+    } | write_env_file "${GARAGE3_ENV_FILE}"
+    log "garage: 3-node cluster ready (S3 127.0.0.1:3910/3920/3930); test env in ${GARAGE3_ENV_FILE}"
+}
+
+start_garage() {
+    command -v curl >/dev/null 2>&1 || die "curl missing"
+    install_garage
+    start_garage_single
+    start_garage_cluster
+}
 # <<< HOOK: S3 servers <<<
 
 main() {
@@ -220,6 +533,7 @@ main() {
     build_image
     # >>> HOOK: call S3 server starters here (start_seaweedfs; start_garage) <<<
     start_seaweedfs
+    start_garage
     log "environment ready"
 }
 

@@ -1,7 +1,10 @@
-//! The S3 backend against a real SeaweedFS (started by tests/env/setup.sh): the core
-//! round trip (init, backup, unchanged and incremental backups, restore, check
-//! --read-data) and the two mistakes users make first (wrong credentials, missing
-//! bucket). Each test makes its own bucket. Tests FAIL when SeaweedFS is not reachable.
+//! The S3 backend against every real S3 server tests/env/setup.sh runs (SeaweedFS,
+//! Garage as one node, Garage as a 3-node cluster): the core round trip (init, backup,
+//! unchanged and incremental backups, restore, check --read-data) and the two mistakes
+//! users make first (wrong credentials, missing bucket), the SAME bodies for each server,
+//! because S3 servers differ in what they accept and answer. Each test makes its own
+//! bucket and removes it when it passes. Tests FAIL, never skip, when a server is not
+//! reachable.
 
 mod common;
 
@@ -27,13 +30,46 @@ fn dataset(dir: &Path) {
     std::fs::write(dir.join("small/empty"), b"").unwrap();
 }
 
+/// stderr as text, for assertions on error messages.
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn s3_round_trip_backup_incremental_restore_and_check() {
-    let (repo, s3, bucket) = TestRepo::s3("hosts/test");
+/// One test per server and body, so a failure names both.
+macro_rules! s3_server_tests {
+    ($module:ident, $server:expr) => {
+        mod $module {
+            use super::*;
+
+            /// The whole backup/restore cycle must work on this server, not only on AWS.
+            #[test]
+            fn round_trip_backup_incremental_restore_and_check() {
+                round_trip($server);
+            }
+
+            /// A credentials mistake must be one clear line, whatever this server answers.
+            #[test]
+            fn wrong_credentials_fail_with_one_clear_line() {
+                wrong_credentials($server);
+            }
+
+            /// A missing bucket must be named, not reported as a missing repository.
+            #[test]
+            fn missing_bucket_is_named() {
+                missing_bucket($server);
+            }
+        }
+    };
+}
+
+s3_server_tests!(seaweedfs, S3Server::SeaweedFs);
+s3_server_tests!(garage, S3Server::Garage);
+s3_server_tests!(garage_3node, S3Server::Garage3);
+
+/// init, backup, unchanged and incremental backups, restore --verify, check --read-data,
+/// and the object layout under the prefix.
+fn round_trip(server: S3Server) {
+    let (repo, s3, bucket) = TestRepo::s3(server, "hosts/test");
     let init = repo.run_ok(&["init"]);
     let said = String::from_utf8_lossy(&init.stdout);
     assert!(
@@ -113,11 +149,13 @@ fn s3_round_trip_backup_incremental_restore_and_check() {
         assert_eq!(parts.len(), 5, "{k}");
         assert!(parts[4].starts_with(parts[3]) && parts[3].len() == 2, "{k}");
     }
+    s3.remove_bucket(&bucket);
 }
 
-#[test]
-fn s3_wrong_credentials_fail_with_one_clear_line() {
-    let (mut repo, _s3, _bucket) = TestRepo::s3("creds");
+/// A wrong secret and an unknown key id each fail with exit 1 and one line naming the
+/// S3 error code and the endpoint.
+fn wrong_credentials(server: S3Server) {
+    let (mut repo, s3, bucket) = TestRepo::s3(server, "creds");
     repo.run_ok(&["init"]);
     for (var, value) in [
         ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
@@ -142,13 +180,14 @@ fn s3_wrong_credentials_fail_with_one_clear_line() {
             .any(|c| err.contains(c)),
             "{var}: no S3 error code in {err}"
         );
-        assert!(err.contains("127.0.0.1:8333"), "names no endpoint: {err}");
+        assert!(err.contains(s3.host_port()), "names no endpoint: {err}");
     }
+    s3.remove_bucket(&bucket);
 }
 
-#[test]
-fn s3_missing_bucket_is_named() {
-    let s3 = S3Env::load();
+/// init and snapshots on a bucket that does not exist fail with one line naming it.
+fn missing_bucket(server: S3Server) {
+    let s3 = S3Env::load(server);
     let missing = unique_bucket("vg-missing");
     let mut repo = TestRepo::new();
     repo.repo = std::path::PathBuf::from(format!("s3://{missing}/x"));
