@@ -67,6 +67,28 @@ pub enum Command {
     Prune(PruneArgs),
     /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
     Import(ImportArgs),
+    /// Restore test: restore the latest snapshots into a scratch directory and verify them.
+    Drill(DrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Volume to drill (repeatable; default: every volume with a snapshot from this host).
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
+    /// Restore only this share of the files, chosen at random (percent, e.g. 10).
+    #[arg(long, default_value_t = 100.0, value_parser = parse_percent)]
+    pub sample: f64,
+    /// Where to restore (default: the temporary directory); emptied afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage above 0 and at most 100")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, ExportArgs, ForgetArgs, ImportArgs, InitArgs,
+    BackupArgs, CheckArgs, Cli, Command, DrillArgs, ExportArgs, ForgetArgs, ImportArgs, InitArgs,
     InventoryArgs, PruneArgs, RestoreArgs, SnapshotsArgs,
 };
 use crate::config::{self, FileConfig};
@@ -21,7 +21,7 @@ use crate::forget::{self, Candidate, KeepPolicy};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
-use crate::{backup, check, docker, import, inventory, prune, restore};
+use crate::{backup, check, docker, drill, import, inventory, prune, restore};
 
 /// Everything a command needs besides its own arguments.
 struct Ctx {
@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore_cmd(&ctx, &a),
         Command::Export(a) => export(&ctx, &a),
         Command::Import(a) => import_cmd(&ctx, &a),
+        Command::Drill(a) => drill_cmd(&ctx, &a),
         Command::Check(a) => check_cmd(&ctx, &a),
         Command::Forget(a) => forget_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
@@ -421,6 +422,75 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
     }
     let soft = done.iter().any(|(_, r)| !r.summary.errors.is_empty());
     Ok(if soft { exit::PARTIAL } else { exit::OK })
+}
+
+/// `drill`: every volume is drilled even when one fails; exit 1 if any did.
+fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let volumes: Vec<String> = if a.volumes.is_empty() {
+        let (snaps, _) = repo.list_snapshots()?;
+        let mut v: Vec<String> = snaps
+            .into_iter()
+            .filter(|(_, s)| s.host == ctx.host)
+            .map(|(_, s)| s.volume)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    } else {
+        a.volumes.clone()
+    };
+    if volumes.is_empty() {
+        return Err(Error::Other(format!(
+            "no snapshots from host {:?} in {}: nothing to drill",
+            ctx.host,
+            repo.location()
+        )));
+    }
+    let (index, problems) = repo.load_index()?;
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    let opts = drill::Options {
+        sample_percent: a.sample,
+        scratch_parent: a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let log = config::state_dir().join("drills.jsonl");
+    let mut drills = Vec::new();
+    for v in &volumes {
+        let d = drill::run(&repo, &index, v, &ctx.host, &opts)?;
+        if let Err(e) = drill::record(&log, &d) {
+            tracing::warn!("drill result not recorded: {e}");
+        }
+        if !ctx.json {
+            println!(
+                "{}: snapshot {} of {} — {} of {} files restored ({}), {} verified, in {:.1}s; \
+                 {} live files compared: {}",
+                d.volume,
+                &d.snapshot_id[..8],
+                d.snapshot_time,
+                d.files_restored,
+                d.files_in_snapshot,
+                human_bytes(d.bytes_restored),
+                d.files_verified,
+                d.seconds,
+                d.live_compared,
+                if d.ok { "OK" } else { "FAILED" }
+            );
+            for line in d.errors.iter().chain(&d.live_differs) {
+                println!("  {line}");
+            }
+        }
+        drills.push(d);
+    }
+    if ctx.json {
+        print_json(&json!({ "drills": drills, "log": log.display().to_string() }));
+    }
+    Ok(if drills.iter().all(|d| d.ok) {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }
 
 fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {

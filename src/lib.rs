@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod config;
 pub mod crypto;
 pub mod docker;
+pub mod drill;
 pub mod error;
 pub mod forget;
 pub mod fsmeta;
