@@ -324,7 +324,8 @@ impl Repository {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                match IndexFile::open(&self.keys, &obj.name, &bytes) {
+                let open = |b: &[u8]| IndexFile::open(&self.keys, &obj.name, b);
+                match self.again_if_corrupt(Kind::Index, &obj.name, open(&bytes), open) {
                     Ok(file) => f(&obj.name, file),
                     Err(e) => problems.push(e.to_string()),
                 }
@@ -404,13 +405,55 @@ impl Repository {
         let (pack_id, loc) = index.get(id).ok_or_else(|| {
             Error::corrupt(format!("blob {id}"), "not in any index (missing pack?)")
         })?;
-        let sealed = self.block_on(self.backend.get_range(
+        self.fetch_verified(
             Kind::Pack,
             &pack_id.to_hex(),
-            loc.offset as u64,
-            loc.length as u64,
-        ))?;
-        pack::open_blob(&self.keys, &sealed, id, loc.raw_length)
+            Some((loc.offset as u64, loc.length as u64)),
+            |sealed| pack::open_blob(&self.keys, sealed, id, loc.raw_length),
+        )
+    }
+
+    /// Fetches an object (or a range of it) and opens it with `open`; when the bytes fail
+    /// to authenticate they are fetched once more before the object is called damaged, so
+    /// a bit flipped on the way (a faulty proxy, NIC or cable) costs a second read, not a
+    /// restore.
+    pub fn fetch_verified<T>(
+        &self,
+        kind: Kind,
+        name: &str,
+        range: Option<(u64, u64)>,
+        open: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let fetch = || match range {
+            Some((offset, len)) => self.block_on(self.backend.get_range(kind, name, offset, len)),
+            None => self.block_on(self.backend.get(kind, name)),
+        };
+        match open(&fetch()?) {
+            Err(Error::Corrupt { object, reason }) => {
+                tracing::debug!("{object} did not verify ({reason}); reading it again");
+                open(&fetch()?)
+            }
+            other => other,
+        }
+    }
+
+    /// `first` is what opening a whole object gave; if it did not verify, the object is
+    /// read and opened once more (see `fetch_verified`), and the first error stands when
+    /// the second read fails.
+    fn again_if_corrupt<T>(
+        &self,
+        kind: Kind,
+        name: &str,
+        first: Result<T>,
+        open: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        match first {
+            Err(e @ Error::Corrupt { .. }) => match self.block_on(self.backend.get(kind, name)) {
+                Ok(bytes) => open(&bytes),
+                Err(_) => Err(e),
+            },
+            other => other,
+        }
     }
 
     /// Reads several blobs, in order, with one ranged read per run of blobs that sit next
@@ -447,17 +490,29 @@ impl Repository {
                 end = e;
                 j += 1;
             }
-            let span = self.block_on(self.backend.get_range(
+            let blobs = self.fetch_verified(
                 Kind::Pack,
                 &pack_id.to_hex(),
-                start,
-                end - start,
-            ))?;
-            for (id, (_, loc)) in ids[i..j].iter().zip(&locs[i..j]) {
-                let at = (u64::from(loc.offset) - start) as usize;
-                let sealed = &span[at..at + loc.length as usize];
-                out.push(pack::open_blob(&self.keys, sealed, id, loc.raw_length)?);
-            }
+                Some((start, end - start)),
+                |span| {
+                    ids[i..j]
+                        .iter()
+                        .zip(&locs[i..j])
+                        .map(|(id, (_, loc))| {
+                            let at = (u64::from(loc.offset) - start) as usize;
+                            let sealed =
+                                span.get(at..at + loc.length as usize).ok_or_else(|| {
+                                    Error::corrupt(
+                                        format!("packs/{pack_id}"),
+                                        "shorter than the index says",
+                                    )
+                                })?;
+                            pack::open_blob(&self.keys, sealed, id, loc.raw_length)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                },
+            )?;
+            out.extend(blobs);
             i = j;
         }
         Ok(out)
@@ -500,7 +555,8 @@ impl Repository {
                     continue;
                 }
             };
-            match Snapshot::open(&self.keys, &obj.name, &bytes) {
+            let open = |b: &[u8]| Snapshot::open(&self.keys, &obj.name, b);
+            match self.again_if_corrupt(Kind::Snapshot, &obj.name, open(&bytes), open) {
                 Ok(s) => out.push((id, s)),
                 Err(e) => problems.push(e.to_string()),
             }

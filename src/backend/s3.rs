@@ -336,24 +336,43 @@ impl S3Backend {
         range: Option<(u64, u64)>,
     ) -> Result<Vec<u8>, BackendError> {
         let key = self.key(kind, name);
-        let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
-        if let Some((offset, len)) = range {
-            req = req.range(format!("bytes={}-{}", offset, offset + len - 1));
+        // The SDK retries a request until its headers arrive; a body cut off after that
+        // (a reset, a dying proxy) is retried here, with the same backoff.
+        let mut attempt = 1;
+        loop {
+            let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
+            if let Some((offset, len)) = range {
+                req = req.range(format!("bytes={}-{}", offset, offset + len - 1));
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if is_missing_object(&e) => return Err(self.not_found(kind, name)),
+                Err(e) => return Err(self.fail(op, &key, &e)),
+            };
+            let problem = match resp.body.collect().await {
+                Ok(b) => {
+                    let bytes = b.into_bytes().to_vec();
+                    match range {
+                        Some((_, len)) if bytes.len() as u64 != len => {
+                            format!("{} bytes arrived, {len} were asked for", bytes.len())
+                        }
+                        _ => return Ok(bytes),
+                    }
+                }
+                Err(e) => one_line(&DisplayErrorContext(&e).to_string()),
+            };
+            if attempt >= MAX_ATTEMPTS {
+                return Err(BackendError::Other(format!(
+                    "S3 {op} of s3://{}/{key} at {} failed while reading the body ({MAX_ATTEMPTS} \
+                     attempts): {problem}",
+                    self.bucket, self.endpoint
+                )));
+            }
+            let backoff = 100u64 << attempt.min(6);
+            let jitter = rand::random::<u64>() % backoff;
+            tokio::time::sleep(std::time::Duration::from_millis(backoff + jitter)).await;
+            attempt += 1;
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) if is_missing_object(&e) => return Err(self.not_found(kind, name)),
-            Err(e) => return Err(self.fail(op, &key, &e)),
-        };
-        let body = resp.body.collect().await.map_err(|e| {
-            BackendError::Other(format!(
-                "S3 {op} of s3://{}/{key} at {} failed while reading the body: {}",
-                self.bucket,
-                self.endpoint,
-                one_line(&DisplayErrorContext(&e).to_string())
-            ))
-        })?;
-        Ok(body.into_bytes().to_vec())
     }
 }
 
