@@ -63,6 +63,9 @@ pub enum Command {
     Forget(ForgetArgs),
     /// List Docker volumes and containers, and what mounts what (read from the data root).
     Inventory(InventoryArgs),
+    /// A container's writable-layer changes against its image, as `docker diff` prints them
+    /// (read from the overlay directories, without dockerd).
+    LayerDiff(LayerDiffArgs),
     /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
     Prune(PruneArgs),
 }
@@ -245,4 +248,10 @@ pub struct InventoryArgs {
     /// Also compute each volume's size and file count (walks every volume).
     #[arg(long)]
     pub sizes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LayerDiffArgs {
+    /// Container name, full id, or a unique id prefix.
+    pub container: String,
 }

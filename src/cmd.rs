@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::backend::Backend;
 use crate::cli::{
     BackupArgs, CheckArgs, Cli, Command, ExportArgs, ForgetArgs, InitArgs, InventoryArgs,
-    PruneArgs, RestoreArgs, SnapshotsArgs,
+    LayerDiffArgs, PruneArgs, RestoreArgs, SnapshotsArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
@@ -21,7 +21,7 @@ use crate::forget::{self, Candidate, KeepPolicy};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
-use crate::{backup, check, docker, inventory, prune, restore};
+use crate::{backup, check, docker, inventory, layer_diff, prune, restore};
 
 /// Everything a command needs besides its own arguments.
 struct Ctx {
@@ -64,6 +64,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => forget_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
         Command::Prune(a) => prune_cmd(&ctx, &a),
+        Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
     }
 }
 
@@ -984,4 +985,34 @@ fn inventory_table(inv: &inventory::Inventory, sizes: bool) -> String {
     }
     out.push_str(&table(&rows));
     out
+}
+
+fn layer_diff_cmd(ctx: &Ctx, a: &LayerDiffArgs) -> Result<i32> {
+    let root = &ctx.docker_root;
+    let (c, record_warnings) =
+        layer_diff::find_container(root, &a.container).map_err(Error::Other)?;
+    // Other containers' damaged records do not make this container's diff partial.
+    for w in &record_warnings {
+        tracing::warn!("{w}");
+    }
+    let report = layer_diff::diff_container(root, &c).map_err(Error::Other)?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if ctx.json {
+        let v = serde_json::to_value(&report)
+            .map_err(|e| Error::Other(format!("cannot encode the layer diff: {e}")))?;
+        print_json(&v);
+    } else {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        layer_diff::write_text(&mut out, &report.changes)
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::io("cannot write the layer diff to", "stdout", e))?;
+    }
+    Ok(if report.warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
 }

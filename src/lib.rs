@@ -16,6 +16,7 @@ pub mod fsmeta;
 pub mod ids;
 pub mod index;
 pub mod inventory;
+pub mod layer_diff;
 pub mod pack;
 pub mod prune;
 pub mod repo;

@@ -5,6 +5,7 @@
 
 pub mod bolt;
 pub mod containers;
+pub mod layers;
 pub mod volumes;
 
 use std::io::{Read, Write};
