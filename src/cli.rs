@@ -66,6 +66,11 @@ pub enum Command {
     /// A container's writable-layer changes against its image, as `docker diff` prints them
     /// (read from the overlay directories, without dockerd).
     LayerDiff(LayerDiffArgs),
+    /// What changed in a volume: between two snapshots, or a snapshot and the live data.
+    Diff(DiffArgs),
+    /// Exit 1 when the live volume differs from its latest snapshot in a way its metadata
+    /// cannot explain (content changed, size and mtime the same).
+    Verify(VerifyArgs),
     /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
     Prune(PruneArgs),
 }
@@ -254,4 +259,22 @@ pub struct InventoryArgs {
 pub struct LayerDiffArgs {
     /// Container name, full id, or a unique id prefix.
     pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Docker volume (or the --name of a --path backup, compared with FROM/TO snapshots only).
+    pub volume: String,
+    /// Snapshot id (or unique prefix), `latest`, or `live` (the volume's _data now).
+    #[arg(default_value = "latest")]
+    pub from: String,
+    /// Snapshot id (or unique prefix), `latest`, or `live`.
+    #[arg(default_value = "live")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Docker volume whose live data is checked against its latest snapshot.
+    pub volume: String,
 }

@@ -23,3 +23,4 @@ pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod tree;
+pub mod volume_diff;
