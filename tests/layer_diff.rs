@@ -6,10 +6,12 @@
 //! dockerd lists entries in Go map order, which changes from call to call; what is fixed is
 //! the shape (a directory's line, then its entries each followed by their content, then
 //! its deletions). The test checks that docker's output has that shape, puts it in the
-//! shape's name order, and compares it line for line with volguard's.
+//! shape's name order (tests/common/dockerdiff.rs), and compares it line for line with
+//! volguard's.
 
 mod common;
 
+use common::dockerdiff::{assert_docker_shape, canonical, parse};
 use common::*;
 
 /// Removes the test image when dropped (after the containers' cleanup ran).
@@ -19,74 +21,6 @@ impl Drop for ImageGuard {
     fn drop(&mut self) {
         let _ = docker_status(&["rmi", "-f", &self.0]);
     }
-}
-
-fn parse(out: &str) -> Vec<(char, String)> {
-    out.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (k, p) = l
-                .split_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            assert!(matches!(k, "A" | "C" | "D"), "bad kind in {l:?}");
-            (k.chars().next().unwrap(), p.to_string())
-        })
-        .collect()
-}
-
-fn parent(p: &str) -> &str {
-    match p.rfind('/') {
-        Some(0) | None => "/",
-        Some(i) => &p[..i],
-    }
-}
-
-/// Panics unless `lines` has the shape moby's differ produces whatever its map order: a
-/// changed path's directory is listed before it; a directory's content directly follows
-/// it as one block; a directory's deletions come after its other entries.
-fn assert_docker_shape(lines: &[(char, String)]) {
-    for (i, (k, p)) in lines.iter().enumerate() {
-        let par = parent(p);
-        if par != "/" {
-            let pi = lines
-                .iter()
-                .position(|(_, q)| q == par)
-                .unwrap_or_else(|| panic!("{k} {p}: its directory {par} is not listed"));
-            assert!(pi < i, "{p} listed before its directory");
-            // Everything between the directory and this entry is inside the directory.
-            for (_, q) in &lines[pi + 1..i] {
-                assert!(
-                    q.starts_with(&format!("{par}/")),
-                    "{q} splits the content of {par}"
-                );
-            }
-        }
-        if *k == 'D' {
-            for (k2, q) in &lines[i + 1..] {
-                if parent(q) == par {
-                    assert_eq!(
-                        *k2, 'D',
-                        "{q} follows the deletion {p} in the same directory"
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// The shape's order with entries by name: per component, entries before deletions.
-fn canonical(mut lines: Vec<(char, String)>) -> Vec<String> {
-    fn key(k: char, p: &str) -> Vec<(bool, Vec<u8>)> {
-        let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
-        let n = comps.len();
-        comps
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (k == 'D' && i + 1 == n, c.as_bytes().to_vec()))
-            .collect()
-    }
-    lines.sort_by(|a, b| key(a.0, &a.1).cmp(&key(b.0, &b.1)));
-    lines.into_iter().map(|(k, p)| format!("{k} {p}")).collect()
 }
 
 fn volguard_lines(repo: &TestRepo, args: &[&str]) -> Vec<String> {
