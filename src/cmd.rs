@@ -201,6 +201,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         })?),
         None => None,
     };
+    let mut skipped_volumes = Vec::new();
     let sources: Vec<backup::Source> = if let Some(path) = &a.path {
         let name = a.name.clone().unwrap_or_default();
         vec![backup::Source {
@@ -208,6 +209,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             path: path.clone(),
         }]
     } else if a.all {
+        skipped_volumes = docker::volumes_without_data(&ctx.docker_root);
         docker::list_volumes(&ctx.docker_root)?
             .into_iter()
             .map(|v| backup::Source {
@@ -265,7 +267,17 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             }
         }
     }
-    let soft = reports.iter().any(|r| !r.summary.errors.is_empty());
+    // A volume directory without _data cannot be backed up; say so and carry on. Only
+    // those still without _data after the run count: dockerd creating or removing a volume
+    // meanwhile passes through that state for a moment.
+    if !skipped_volumes.is_empty() {
+        let still = docker::volumes_without_data(&ctx.docker_root);
+        skipped_volumes.retain(|w| still.contains(w));
+    }
+    for w in &skipped_volumes {
+        tracing::warn!("{w}");
+    }
+    let soft = reports.iter().any(|r| !r.summary.errors.is_empty()) || !skipped_volumes.is_empty();
     if ctx.json {
         let snaps: Vec<_> = reports
             .iter()
@@ -291,7 +303,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             .iter()
             .map(|(v, e)| json!({"volume": v, "error": e}))
             .collect();
-        print_json(&json!({"snapshots": snaps, "failed": failed}));
+        print_json(&json!({"snapshots": snaps, "failed": failed, "skipped": skipped_volumes}));
     } else {
         for r in &reports {
             let s = &r.summary;

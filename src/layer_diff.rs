@@ -103,6 +103,16 @@ pub fn find_container(root: &Path, wanted: &str) -> Result<(Container, Vec<Strin
     match by_prefix.as_slice() {
         [one] => Ok(((*one).clone(), warnings)),
         [] => {
+            // The container may be there with a record that cannot be read: name it.
+            let damaged: Vec<&String> = warnings
+                .iter()
+                .filter(|w| !wanted.is_empty() && w.contains(&format!("/containers/{wanted}")))
+                .collect();
+            if let [one] = damaged.as_slice() {
+                return Err(format!(
+                    "container {wanted:?} cannot be read: {one}; its writable layer cannot be located without it (restore that file from a backup of the data root, or use `docker diff` while dockerd runs)"
+                ));
+            }
             let mut msg = format!(
                 "no container named {wanted:?} or with an id starting with it under {}/containers; `volguard inventory` lists them",
                 root.display()

@@ -36,14 +36,16 @@ pub fn storage_of(c: &Container) -> Result<Storage, String> {
         "overlay2" => Ok(Storage::Overlay2),
         "overlayfs" => Ok(Storage::ContainerdSnapshotter),
         "" => Err(format!(
-            "container {} ({}): config.v2.json records no storage driver; volguard reads overlay2 layers only",
+            "container {} ({}): {} records no storage driver (\"Driver\"); volguard reads overlay2 layers only",
             c.name,
-            short(&c.id)
+            short(&c.id),
+            c.config_path.display()
         )),
         other => Err(format!(
-            "container {} ({}): storage driver {other:?} is not supported; volguard reads overlay2 (graphdriver) layers only, and detects the containerd snapshotter (\"overlayfs\")",
+            "container {} ({}): {} names storage driver {other:?}, which volguard cannot read; it reads overlay2 (graphdriver) layers and recognises the containerd snapshotter (\"overlayfs\"). Use `docker diff` while dockerd runs",
             c.name,
-            short(&c.id)
+            short(&c.id),
+            c.config_path.display()
         )),
     }
 }
