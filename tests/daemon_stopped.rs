@@ -183,16 +183,17 @@ fn inventory_backup_and_layer_diff_work_with_dockerd_stopped() {
     require_docker();
     let daemon = PrivateDockerd::start();
     // The test image, from the shared daemon.
-    let save = Command::new("docker")
+    let mut save = Command::new("docker")
         .args(["save", IMAGE])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let load = Command::new("docker")
         .args(["-H", &daemon.socket(), "load", "-q"])
-        .stdin(save.stdout.unwrap())
+        .stdin(save.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
     assert!(load.status.success(), "docker load: {load:?}");
 
     daemon.docker(&["volume", "create", "--label", "vg.test=stopped", "pv"]);

@@ -67,6 +67,6 @@ pub fn canonical(mut lines: Vec<(char, String)>) -> Vec<String> {
             .map(|(i, c)| (k == 'D' && i + 1 == n, c.as_bytes().to_vec()))
             .collect()
     }
-    lines.sort_by(|a, b| key(a.0, &a.1).cmp(&key(b.0, &b.1)));
+    lines.sort_by_key(|a| key(a.0, &a.1));
     lines.into_iter().map(|(k, p)| format!("{k} {p}")).collect()
 }
