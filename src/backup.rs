@@ -20,6 +20,7 @@ use walkdir::WalkDir;
 use crate::error::{Error, Result};
 use crate::ids::{BlobId, PackId, SnapshotId};
 use crate::index::{Index, IndexFile, IndexedPack};
+use crate::inflight::Inflight;
 use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary};
@@ -44,6 +45,8 @@ pub struct Source {
     /// Volume name (or the `--name` of a `--path` backup).
     pub name: String,
     pub path: PathBuf,
+    /// What the snapshot names as its source when not `path` (an imported archive).
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -55,6 +58,8 @@ pub struct Options {
     pub progress: Option<indicatif::ProgressBar>,
     /// Packs prune has marked, loaded before the index (see `prune`).
     pub marked: crate::prune::MarkedPacks,
+    /// How long to wait for blobs left to a concurrent backup once it falls silent.
+    pub wait_for_others: std::time::Duration,
 }
 
 /// Result of one backup, as `backup --json` reports it.
@@ -117,6 +122,8 @@ pub fn run(
         None => None,
     };
 
+    let inflight = Inflight::start(repo, &opts.host, &opts.marked.packs, opts.wait_for_others)?;
+    let inflight = &inflight;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -146,7 +153,7 @@ pub fn run(
                 let state = &upload_state;
                 std::thread::Builder::new()
                     .name(format!("upload-{i}"))
-                    .spawn_scoped(s, move || uploader(repo, rx, state))
+                    .spawn_scoped(s, move || uploader(repo, rx, state, inflight))
                     .expect("spawning a thread")
             })
             .collect();
@@ -189,16 +196,38 @@ pub fn run(
     });
     // An upload failure explains a scan that stopped early, so it is reported first.
     uploaded?;
+    // Index what landed before waiting for concurrent backups: they may be waiting for it.
     let rest = std::mem::take(&mut upload_state.lock().unwrap_or_else(|p| p.into_inner()).batch);
-    flush_index(repo, rest, &upload_state)?;
+    flush_index(repo, rest, &upload_state, inflight)?;
+    // Blobs left to concurrent backups: wait for them, upload what never arrived.
+    let resolved = inflight.resolve()?;
+    let mut fallback = PackBuilder::default();
+    for d in &resolved.missing {
+        let sealed = inflight.spooled(d)?;
+        fallback.add(d.entry.kind, d.entry.id, &sealed, d.entry.raw_length);
+        if fallback.len() >= repo.config().pack_bytes as usize {
+            upload_pack(
+                repo,
+                finish_pack(repo, std::mem::take(&mut fallback)),
+                &upload_state,
+                inflight,
+            )?;
+        }
+    }
+    if !fallback.is_empty() {
+        upload_pack(repo, finish_pack(repo, fallback), &upload_state, inflight)?;
+    }
+    let rest = std::mem::take(&mut upload_state.lock().unwrap_or_else(|p| p.into_inner()).batch);
+    flush_index(repo, rest, &upload_state, inflight)?;
     let uploaded = upload_state
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
         .done;
-    let (root, mut summary, error_count, reused_packs) = scan_result?;
-    for p in &uploaded.packs {
+    let (root, mut summary, error_count, mut reused_packs) = scan_result?;
+    for p in uploaded.packs.iter().chain(&resolved.others_packs) {
         index.add_pack(p.id, p.size, &p.blobs);
     }
+    reused_packs.extend(&resolved.used_packs);
     summary.blobs_added = uploaded.packs.iter().map(|p| p.blobs.len() as u64).sum();
     if error_count > summary.errors.len() as u64 {
         summary.errors.push(format!(
@@ -215,7 +244,10 @@ pub fn run(
         },
         host: opts.host.clone(),
         volume: source.name.clone(),
-        source: source.path.display().to_string(),
+        source: source
+            .origin
+            .clone()
+            .unwrap_or_else(|| source.path.display().to_string()),
         tags: opts.tags.clone(),
         parent: parent.as_ref().map(|(id, _)| *id),
         root,
@@ -286,10 +318,7 @@ fn packer(repo: &Repository, rx: Receiver<SealedBlob>, tx: Sender<FinishedPack>)
     let limit = repo.config().pack_bytes as usize;
     let mut data = PackBuilder::default();
     let mut trees = PackBuilder::default();
-    let finish = |b: PackBuilder| {
-        let (id, bytes, entries) = b.finish(repo.keys());
-        FinishedPack { id, bytes, entries }
-    };
+    let finish = |b: PackBuilder| finish_pack(repo, b);
     for b in rx {
         let builder = match b.kind {
             BlobKind::Data => &mut data,
@@ -307,6 +336,11 @@ fn packer(repo: &Repository, rx: Receiver<SealedBlob>, tx: Sender<FinishedPack>)
     }
 }
 
+fn finish_pack(repo: &Repository, b: PackBuilder) -> FinishedPack {
+    let (id, bytes, entries) = b.finish(repo.keys());
+    FinishedPack { id, bytes, entries }
+}
+
 /// Index state shared by the uploader threads.
 #[derive(Default)]
 struct UploadState {
@@ -319,12 +353,14 @@ fn flush_index(
     repo: &Repository,
     batch: Vec<IndexedPack>,
     state: &Mutex<UploadState>,
+    inflight: &Inflight,
 ) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
     let file = IndexFile { packs: batch };
-    let (_, n) = repo.save_index(&file)?;
+    let (id, n) = repo.save_index(&file)?;
+    inflight.own_index(id.to_hex());
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     s.done.bytes += n;
     s.done.packs.extend(file.packs);
@@ -337,28 +373,54 @@ fn uploader(
     repo: &Repository,
     rx: Receiver<FinishedPack>,
     state: &Mutex<UploadState>,
+    inflight: &Inflight,
 ) -> Result<()> {
     for p in rx {
-        let size = p.bytes.len() as u64;
-        let span = tracing::debug_span!("pack", id = %p.id.short(), size);
-        let _g = span.enter();
-        repo.block_on(
-            repo.backend()
-                .put(crate::backend::Kind::Pack, &p.id.to_hex(), p.bytes),
-        )?;
-        let full = {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-            s.done.bytes += size;
-            s.batch.push(IndexedPack {
-                id: p.id,
-                size,
-                blobs: p.entries,
-            });
-            (s.batch.len() >= INDEX_EVERY_PACKS).then(|| std::mem::take(&mut s.batch))
+        // Blobs a concurrent backup announced first are left to it.
+        let keep = inflight.before_upload(&p.entries, &p.bytes)?;
+        let p = if keep.len() == p.entries.len() {
+            p
+        } else if keep.is_empty() {
+            continue;
+        } else {
+            let mut b = PackBuilder::default();
+            for e in keep {
+                let sealed = &p.bytes[e.offset as usize..][..e.length as usize];
+                b.add(e.kind, e.id, sealed, e.raw_length);
+            }
+            finish_pack(repo, b)
         };
-        if let Some(batch) = full {
-            flush_index(repo, batch, state)?;
-        }
+        upload_pack(repo, p, state, inflight)?;
+    }
+    Ok(())
+}
+
+/// Stores one pack and queues it for the next index file.
+fn upload_pack(
+    repo: &Repository,
+    p: FinishedPack,
+    state: &Mutex<UploadState>,
+    inflight: &Inflight,
+) -> Result<()> {
+    let size = p.bytes.len() as u64;
+    let span = tracing::debug_span!("pack", id = %p.id.short(), size);
+    let _g = span.enter();
+    repo.block_on(
+        repo.backend()
+            .put(crate::backend::Kind::Pack, &p.id.to_hex(), p.bytes),
+    )?;
+    let full = {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.done.bytes += size;
+        s.batch.push(IndexedPack {
+            id: p.id,
+            size,
+            blobs: p.entries,
+        });
+        (s.batch.len() >= INDEX_EVERY_PACKS).then(|| std::mem::take(&mut s.batch))
+    };
+    if let Some(batch) = full {
+        flush_index(repo, batch, state, inflight)?;
     }
     Ok(())
 }

@@ -68,11 +68,19 @@ pub fn run(
             Some(_) => {}
         }
     }
+    let (marks, mark_problems) = crate::prune::load_marks(repo)?;
+    report.warnings.extend(mark_problems);
+    let marked: HashSet<PackId> = marks
+        .iter()
+        .flat_map(|(_, m)| m.packs.iter().copied())
+        .collect();
     for id in stored.keys() {
         if !index.has_pack(id) {
-            report.warnings.push(format!(
-                "packs/{id}: not in any index (left by an interrupted backup; the next backup indexes it)"
-            ));
+            report.warnings.push(if marked.contains(id) {
+                format!("packs/{id}: marked for deletion and no longer indexed (a prune was interrupted; the next prune deletes it)")
+            } else {
+                format!("packs/{id}: not in any index (left by an interrupted backup; the next backup indexes it)")
+            });
         }
     }
 

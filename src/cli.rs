@@ -73,6 +73,55 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
     Prune(PruneArgs),
+    /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
+    Import(ImportArgs),
+    /// Restore test: restore the latest snapshots into a scratch directory and verify them.
+    Drill(DrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Volume to drill (repeatable; default: every volume with a snapshot from this host).
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
+    /// Restore only this share of the files, chosen at random (percent, e.g. 10).
+    #[arg(long, default_value_t = 100.0, value_parser = parse_percent)]
+    pub sample: f64,
+    /// Where to restore (default: the temporary directory); emptied afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage above 0 and at most 100")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive to import (or --from-dir DIR).
+    #[arg(required_unless_present = "from_dir", conflicts_with = "from_dir")]
+    pub archive: Option<PathBuf>,
+    /// Import every archive in DIR (.tar, .tar.gz, .tgz, .tar.zst, .tzst), oldest first.
+    #[arg(long, value_name = "DIR")]
+    pub from_dir: Option<PathBuf>,
+    /// The volume the snapshots are filed under.
+    #[arg(long)]
+    pub volume: String,
+    /// Snapshot time (RFC 3339) instead of the date in the archive's name, or its mtime.
+    #[arg(long, value_name = "RFC3339", conflicts_with = "from_dir")]
+    pub time: Option<String>,
+    /// Leading path components to drop, like tar's (offen/docker-volume-backup: 2).
+    #[arg(long, default_value_t = 0)]
+    pub strip_components: usize,
+    /// Where archives are unpacked before the backup (default: the temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Tag to attach to the snapshots (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Args)]

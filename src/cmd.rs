@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, DiffArgs, ExportArgs, ForgetArgs, InitArgs, InventoryArgs,
-    LayerDiffArgs, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
+    BackupArgs, CheckArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
+    InitArgs, InventoryArgs, LayerDiffArgs, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
@@ -22,7 +22,7 @@ use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
 use crate::volume_diff::{self, Listing};
-use crate::{backup, check, docker, inventory, layer_diff, prune, restore};
+use crate::{backup, check, docker, drill, import, inventory, layer_diff, prune, restore};
 
 /// Everything a command needs besides its own arguments.
 struct Ctx {
@@ -61,6 +61,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshots(a) => snapshots(&ctx, &a),
         Command::Restore(a) => restore_cmd(&ctx, &a),
         Command::Export(a) => export(&ctx, &a),
+        Command::Import(a) => import_cmd(&ctx, &a),
+        Command::Drill(a) => drill_cmd(&ctx, &a),
         Command::Check(a) => check_cmd(&ctx, &a),
         Command::Forget(a) => forget_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
@@ -192,21 +194,27 @@ fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
-    let time = match &a.time {
-        Some(t) => Some(forget::parse_time(t).map_err(|e| {
+/// The `--time` of `command`, parsed.
+fn time_arg(command: &str, t: Option<&str>) -> Result<Option<time::OffsetDateTime>> {
+    t.map(|t| {
+        forget::parse_time(t).map_err(|e| {
             Error::Usage(format!(
-                "backup --time: {e}; write it like 2024-05-01T12:00:00Z or 2024-05-01T14:00:00+02:00"
+                "{command} --time: {e}; write it like 2024-05-01T12:00:00Z or 2024-05-01T14:00:00+02:00"
             ))
-        })?),
-        None => None,
-    };
+        })
+    })
+    .transpose()
+}
+
+fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
+    let time = time_arg("backup", a.time.as_deref())?;
     let mut skipped_volumes = Vec::new();
     let sources: Vec<backup::Source> = if let Some(path) = &a.path {
         let name = a.name.clone().unwrap_or_default();
         vec![backup::Source {
             name,
             path: path.clone(),
+            origin: None,
         }]
     } else if a.all {
         skipped_volumes = docker::volumes_without_data(&ctx.docker_root);
@@ -215,6 +223,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             .map(|v| backup::Source {
                 path: docker::volume_dir(&ctx.docker_root, &v).join("_data"),
                 name: v,
+                origin: None,
             })
             .collect()
     } else if a.volumes.is_empty() {
@@ -228,6 +237,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
                 Ok(backup::Source {
                     path: docker::volume_data(&ctx.docker_root, v)?,
                     name: v.clone(),
+                    origin: None,
                 })
             })
             .collect::<Result<_>>()?
@@ -243,6 +253,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             time,
             progress: ctx.progress(None, &src.name),
             marked: marked.clone(),
+            wait_for_others: crate::inflight::DEFAULT_WAIT,
         };
         let span = tracing::info_span!("backup", volume = %src.name);
         let _g = span.enter();
@@ -279,26 +290,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     }
     let soft = reports.iter().any(|r| !r.summary.errors.is_empty()) || !skipped_volumes.is_empty();
     if ctx.json {
-        let snaps: Vec<_> = reports
-            .iter()
-            .map(|r| {
-                let s = &r.summary;
-                json!({
-                    "volume": r.volume,
-                    "snapshot_id": r.snapshot_id.to_hex(),
-                    "parent": r.parent.map(|p| p.to_hex()),
-                    "files": s.files,
-                    "files_new": s.files_new,
-                    "files_changed": s.files_changed,
-                    "files_unmodified": s.files_unmodified,
-                    "total_bytes": s.total_bytes,
-                    "bytes_read": s.bytes_read,
-                    "bytes_added": s.bytes_added,
-                    "duration_s": s.duration_s,
-                    "errors": s.errors,
-                })
-            })
-            .collect();
+        let snaps: Vec<_> = reports.iter().map(report_json).collect();
         let failed: Vec<_> = failures
             .iter()
             .map(|(v, e)| json!({"volume": v, "error": e}))
@@ -306,24 +298,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         print_json(&json!({"snapshots": snaps, "failed": failed, "skipped": skipped_volumes}));
     } else {
         for r in &reports {
-            let s = &r.summary;
-            println!(
-                "{}: snapshot {} — {} files ({} new, {} changed, {} unmodified), {} read, {} added, {:.1}s{}",
-                r.volume,
-                r.snapshot_id.short(),
-                s.files,
-                s.files_new,
-                s.files_changed,
-                s.files_unmodified,
-                human_bytes(s.bytes_read),
-                human_bytes(s.bytes_added),
-                s.duration_s,
-                if s.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} errors (files skipped, listed above)", s.errors.len())
-                }
-            );
+            println!("{}", report_line(r));
         }
         for (v, e) in &failures {
             println!("{v}: FAILED: {e}");
@@ -347,6 +322,193 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
 /// Loads the index a backup deduplicates against: without the packs prune has marked
 /// (the marks are read first, see `prune`), and with the packs an interrupted run left
 /// behind, so they are reused.
+/// One backup's report as `backup --json` and `import --json` print it.
+fn report_json(r: &backup::Report) -> serde_json::Value {
+    let s = &r.summary;
+    json!({
+        "volume": r.volume,
+        "snapshot_id": r.snapshot_id.to_hex(),
+        "parent": r.parent.map(|p| p.to_hex()),
+        "files": s.files,
+        "files_new": s.files_new,
+        "files_changed": s.files_changed,
+        "files_unmodified": s.files_unmodified,
+        "total_bytes": s.total_bytes,
+        "bytes_read": s.bytes_read,
+        "bytes_added": s.bytes_added,
+        "duration_s": s.duration_s,
+        "errors": s.errors,
+    })
+}
+
+/// One backup's report as one line for people.
+fn report_line(r: &backup::Report) -> String {
+    let s = &r.summary;
+    format!(
+        "{}: snapshot {} — {} files ({} new, {} changed, {} unmodified), {} read, {} added, {:.1}s{}",
+        r.volume,
+        r.snapshot_id.short(),
+        s.files,
+        s.files_new,
+        s.files_changed,
+        s.files_unmodified,
+        human_bytes(s.bytes_read),
+        human_bytes(s.bytes_added),
+        s.duration_s,
+        if s.errors.is_empty() {
+            String::new()
+        } else {
+            format!(", {} errors (files skipped, listed above)", s.errors.len())
+        }
+    )
+}
+
+/// `import`: each archive is unpacked into a scratch directory and backed up from there
+/// with the archive's time; the first failure stops the run (later archives would
+/// otherwise be filed without the history before them).
+fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
+    let explicit = time_arg("import", a.time.as_deref())?;
+    let archives = match (&a.archive, &a.from_dir) {
+        (Some(path), _) => vec![import::archive_time(path, explicit)?],
+        (None, Some(dir)) => import::archives_in(dir)?,
+        (None, None) => return Err(Error::Usage("name an archive or --from-dir DIR".into())),
+    };
+    if archives.is_empty() {
+        return Err(Error::Usage(format!(
+            "no archives (.tar, .tar.gz, .tgz, .tar.zst, .tzst) in {}",
+            a.from_dir.as_deref().unwrap_or(Path::new("")).display()
+        )));
+    }
+    let repo = ctx.open()?;
+    let (mut index, marked) = load_index_for_write(&repo)?;
+    let scratch_parent = a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut done = Vec::new();
+    for ar in &archives {
+        let span = tracing::info_span!("import", archive = %ar.path.display());
+        let _g = span.enter();
+        let scratch = import::Scratch::new(&scratch_parent)?;
+        let root = import::unpack(&ar.path, scratch.path(), a.strip_components)?;
+        let source = backup::Source {
+            name: a.volume.clone(),
+            path: root,
+            origin: Some(ar.path.display().to_string()),
+        };
+        let opts = backup::Options {
+            tags: a.tags.clone(),
+            host: ctx.host.clone(),
+            time: Some(ar.time),
+            progress: ctx.progress(None, &a.volume),
+            marked: marked.clone(),
+            wait_for_others: crate::inflight::DEFAULT_WAIT,
+        };
+        let r = backup::run(&repo, &mut index, &source, &opts);
+        if let Some(p) = &opts.progress {
+            p.finish_and_clear();
+        }
+        let r = r.map_err(|e| {
+            Error::Other(format!(
+                "import of {} failed: {e}; {} archive(s) before it were imported",
+                ar.path.display(),
+                done.len()
+            ))
+        })?;
+        if !ctx.json {
+            println!(
+                "{} ({} from its {}): {}",
+                ar.path.display(),
+                repo::format_time(ar.time),
+                ar.time_from,
+                report_line(&r)
+            );
+        }
+        done.push((ar, r));
+    }
+    if ctx.json {
+        let imported: Vec<_> = done
+            .iter()
+            .map(|(ar, r)| {
+                let mut v = report_json(r);
+                v["archive"] = json!(ar.path.display().to_string());
+                v["time"] = json!(repo::format_time(ar.time));
+                v["time_from"] = json!(ar.time_from);
+                v
+            })
+            .collect();
+        print_json(&json!({ "imported": imported }));
+    }
+    let soft = done.iter().any(|(_, r)| !r.summary.errors.is_empty());
+    Ok(if soft { exit::PARTIAL } else { exit::OK })
+}
+
+/// `drill`: every volume is drilled even when one fails; exit 1 if any did.
+fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let volumes: Vec<String> = if a.volumes.is_empty() {
+        let (snaps, _) = repo.list_snapshots()?;
+        let mut v: Vec<String> = snaps
+            .into_iter()
+            .filter(|(_, s)| s.host == ctx.host)
+            .map(|(_, s)| s.volume)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    } else {
+        a.volumes.clone()
+    };
+    if volumes.is_empty() {
+        return Err(Error::Other(format!(
+            "no snapshots from host {:?} in {}: nothing to drill",
+            ctx.host,
+            repo.location()
+        )));
+    }
+    let (index, problems) = repo.load_index()?;
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    let opts = drill::Options {
+        sample_percent: a.sample,
+        scratch_parent: a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let log = config::state_dir().join("drills.jsonl");
+    let mut drills = Vec::new();
+    for v in &volumes {
+        let d = drill::run(&repo, &index, v, &ctx.host, &opts)?;
+        if let Err(e) = drill::record(&log, &d) {
+            tracing::warn!("drill result not recorded: {e}");
+        }
+        if !ctx.json {
+            println!(
+                "{}: snapshot {} of {} — {} of {} files restored ({}), {} verified, in {:.1}s; \
+                 {} live files compared: {}",
+                d.volume,
+                &d.snapshot_id[..8],
+                d.snapshot_time,
+                d.files_restored,
+                d.files_in_snapshot,
+                human_bytes(d.bytes_restored),
+                d.files_verified,
+                d.seconds,
+                d.live_compared,
+                if d.ok { "OK" } else { "FAILED" }
+            );
+            for line in d.errors.iter().chain(&d.live_differs) {
+                println!("  {line}");
+            }
+        }
+        drills.push(d);
+    }
+    if ctx.json {
+        print_json(&json!({ "drills": drills, "log": log.display().to_string() }));
+    }
+    Ok(if drills.iter().all(|d| d.ok) {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
 fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
     let marked = prune::MarkedPacks::load(repo)?;
     let (mut index, problems) = repo.load_index_except(&marked.packs)?;

@@ -12,10 +12,14 @@ use crate::error::{Error, Result};
 /// Where the embedded default repository and its key live. The environment overrides
 /// exist for packaging and tests; operators use `--repo` / the config file instead.
 pub fn default_repo() -> PathBuf {
+    state_dir().join("repo")
+}
+
+/// volguard's own state: the embedded repository, the drill log.
+pub fn state_dir() -> PathBuf {
     std::env::var_os("VOLGUARD_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/volguard"))
-        .join("repo")
 }
 
 pub fn default_key_file() -> PathBuf {

@@ -30,6 +30,7 @@ pub enum Purpose {
     Snapshot,
     MasterKey,
     Mark,
+    Pending,
 }
 
 impl Purpose {
@@ -42,6 +43,7 @@ impl Purpose {
             Purpose::Snapshot => b"volguard/snapshot",
             Purpose::MasterKey => b"volguard/master-key",
             Purpose::Mark => b"volguard/mark",
+            Purpose::Pending => b"volguard/pending",
         }
     }
 }

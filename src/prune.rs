@@ -304,13 +304,10 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
         }
     }
     if !opts.dry_run {
-        // Packs first: until the mark goes, no backup reuses them, so a crash here leaves
-        // index entries that nothing follows, and the next run finishes the job.
-        for id in &deleted {
-            if stored.contains_key(id) {
-                delete_ignoring_missing(repo, Kind::Pack, &id.to_hex())?;
-            }
-        }
+        // Index entries first, packs second, the mark last: a crash in between leaves packs
+        // no index lists (the mark keeps backups from re-indexing them, and the next run
+        // deletes them), never an index entry that points at nothing, which a restore
+        // might follow when the blob also lives in another pack.
         for (name, f) in &files {
             if !f.packs.iter().any(|p| deleted.contains(&p.id)) {
                 continue;
@@ -328,6 +325,11 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
             }
             delete_ignoring_missing(repo, Kind::Index, name)?;
             report.index_files_rewritten += 1;
+        }
+        for id in &deleted {
+            if stored.contains_key(id) {
+                delete_ignoring_missing(repo, Kind::Pack, &id.to_hex())?;
+            }
         }
         for name in &done_marks {
             delete_ignoring_missing(repo, Kind::Mark, name)?;

@@ -32,6 +32,8 @@ use crate::tree::{Node, NodeKind};
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// Exact paths of the entries to restore (a drill's sample), on top of the globs.
+    paths: Option<std::collections::HashSet<Vec<u8>>>,
 }
 
 fn globset(patterns: &[String], flag: &str) -> Result<Option<GlobSet>> {
@@ -56,7 +58,16 @@ impl Filter {
         Ok(Filter {
             include: globset(include, "--include")?,
             exclude: globset(exclude, "--exclude")?,
+            paths: None,
         })
+    }
+
+    /// Restores exactly these paths (and the directories leading to them).
+    pub fn only(paths: std::collections::HashSet<Vec<u8>>) -> Filter {
+        Filter {
+            paths: Some(paths),
+            ..Filter::default()
+        }
     }
 
     fn excluded(&self, path: &[u8]) -> bool {
@@ -69,6 +80,7 @@ impl Filter {
         self.include
             .as_ref()
             .is_none_or(|g| g.is_match(Path::new(OsStr::from_bytes(path))))
+            && self.paths.as_ref().is_none_or(|p| p.contains(path))
     }
 }
 
@@ -719,25 +731,29 @@ fn verify_file(path: &Path, node: &Node) -> Result<()> {
     let Some(expected) = node.file_hash else {
         return Ok(());
     };
-    let mut f = File::open(path).map_err(|e| Error::io("cannot re-open for --verify", path, e))?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io("cannot re-read for --verify", path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    if *h.finalize().as_bytes() != expected {
+    let got =
+        blake3_of_file(path).map_err(|e| Error::io("cannot re-read for --verify", path, e))?;
+    if got != expected {
         return Err(Error::Other(format!(
             "{}: content on disk does not match the snapshot's BLAKE3 after restore",
             path.display()
         )));
     }
     Ok(())
+}
+
+/// The plain BLAKE3 of a file's content (what the snapshot keeps as `file_hash`).
+pub fn blake3_of_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(*h.finalize().as_bytes());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// Writes the snapshot as a tar stream (PAX headers carry nanosecond times, xattrs and

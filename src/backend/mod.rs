@@ -20,6 +20,8 @@ pub enum Kind {
     Snapshot,
     /// Packs `prune` has marked for deletion once a grace period has passed.
     Mark,
+    /// Blobs a running backup is about to upload (see inflight.rs).
+    Pending,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Index => "index",
             Kind::Snapshot => "snapshots",
             Kind::Mark => "marks",
+            Kind::Pending => "pending",
         }
     }
 }

@@ -123,6 +123,21 @@ impl TestRepo {
         output_of(&mut c)
     }
 
+    /// `restore VOLUME --snapshot ID --target <new dir> --verify`; returns the directory.
+    pub fn restore_to_new_dir(&self, volume: &str, id: &str) -> PathBuf {
+        let dst = self.path().join(unique("restore"));
+        self.run_ok(&[
+            "restore",
+            volume,
+            "--snapshot",
+            id,
+            "--target",
+            dst.to_str().unwrap(),
+            "--verify",
+        ]);
+        dst
+    }
+
     /// Like [`TestRepo::run`], but panics (showing stdout and stderr) on a non-zero exit.
     pub fn run_ok(&self, args: &[&str]) -> Output {
         let mut c = self.cmd();

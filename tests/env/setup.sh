@@ -196,7 +196,12 @@ EOF_JSON
     if pgrep -f "${VENV}/bin/weed mini" >/dev/null 2>&1 || pgrep -x weed >/dev/null 2>&1; then
         log "seaweedfs: a weed process exists but S3 does not answer yet; waiting"
     else
-        log "seaweedfs: starting weed mini (127.0.0.1 only), log: ${SEAWEED_LOG}"
+        # Test buckets are disposable, and each one holds SeaweedFS volumes of its own: a data
+        # directory kept across many runs runs out of writable volumes ("failed to find
+        # writable volumes", HTTP 500). Whenever weed has to be started, start it empty.
+        rm -rf "${SEAWEED_DIR}"
+        mkdir -p "${SEAWEED_DIR}"
+        log "seaweedfs: starting weed mini (127.0.0.1 only) on an empty ${SEAWEED_DIR}, log: ${SEAWEED_LOG}"
         printf '\n=== %s setup.sh starting weed mini ===\n' "$(date -Is)" >>"${SEAWEED_LOG}"
         setsid "${VENV}/bin/weed" mini -dir="${SEAWEED_DIR}" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
             -s3.config="${SEAWEED_S3_CONFIG}" -admin.ui=false -webdav=false \
