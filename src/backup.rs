@@ -806,7 +806,7 @@ fn unchanged(prev: &Node, now: &Node) -> bool {
 
 /// Opens without following symlinks, without blocking on a FIFO swapped in after the
 /// walk looked, and without updating atime (which would change ctime-free state users see).
-fn open_for_backup(path: &Path) -> io::Result<File> {
+pub(crate) fn open_for_backup(path: &Path) -> io::Result<File> {
     let base = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     match std::fs::OpenOptions::new()
         .read(true)

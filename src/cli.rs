@@ -63,6 +63,14 @@ pub enum Command {
     Forget(ForgetArgs),
     /// List Docker volumes and containers, and what mounts what (read from the data root).
     Inventory(InventoryArgs),
+    /// A container's writable-layer changes against its image, as `docker diff` prints them
+    /// (read from the overlay directories, without dockerd).
+    LayerDiff(LayerDiffArgs),
+    /// What changed in a volume: between two snapshots, or a snapshot and the live data.
+    Diff(DiffArgs),
+    /// Exit 1 when the live volume differs from its latest snapshot in a way its metadata
+    /// cannot explain (content changed, size and mtime the same).
+    Verify(VerifyArgs),
     /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
     Prune(PruneArgs),
     /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
@@ -294,4 +302,28 @@ pub struct InventoryArgs {
     /// Also compute each volume's size and file count (walks every volume).
     #[arg(long)]
     pub sizes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LayerDiffArgs {
+    /// Container name, full id, or a unique id prefix.
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Docker volume (or the --name of a --path backup, compared with FROM/TO snapshots only).
+    pub volume: String,
+    /// Snapshot id (or unique prefix), `latest`, or `live` (the volume's _data now).
+    #[arg(default_value = "latest")]
+    pub from: String,
+    /// Snapshot id (or unique prefix), `latest`, or `live`.
+    #[arg(default_value = "live")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Docker volume whose live data is checked against its latest snapshot.
+    pub volume: String,
 }

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, DrillArgs, ExportArgs, ForgetArgs, ImportArgs, InitArgs,
-    InventoryArgs, PruneArgs, RestoreArgs, SnapshotsArgs,
+    BackupArgs, CheckArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
+    InitArgs, InventoryArgs, LayerDiffArgs, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
@@ -21,7 +21,8 @@ use crate::forget::{self, Candidate, KeepPolicy};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
-use crate::{backup, check, docker, drill, import, inventory, prune, restore};
+use crate::volume_diff::{self, Listing};
+use crate::{backup, check, docker, drill, import, inventory, layer_diff, prune, restore};
 
 /// Everything a command needs besides its own arguments.
 struct Ctx {
@@ -66,6 +67,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => forget_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
         Command::Prune(a) => prune_cmd(&ctx, &a),
+        Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
+        Command::Diff(a) => diff_cmd(&ctx, &a),
+        Command::Verify(a) => verify_cmd(&ctx, &a),
     }
 }
 
@@ -204,6 +208,7 @@ fn time_arg(command: &str, t: Option<&str>) -> Result<Option<time::OffsetDateTim
 
 fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     let time = time_arg("backup", a.time.as_deref())?;
+    let mut skipped_volumes = Vec::new();
     let sources: Vec<backup::Source> = if let Some(path) = &a.path {
         let name = a.name.clone().unwrap_or_default();
         vec![backup::Source {
@@ -212,6 +217,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             origin: None,
         }]
     } else if a.all {
+        skipped_volumes = docker::volumes_without_data(&ctx.docker_root);
         docker::list_volumes(&ctx.docker_root)?
             .into_iter()
             .map(|v| backup::Source {
@@ -272,14 +278,24 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             }
         }
     }
-    let soft = reports.iter().any(|r| !r.summary.errors.is_empty());
+    // A volume directory without _data cannot be backed up; say so and carry on. Only
+    // those still without _data after the run count: dockerd creating or removing a volume
+    // meanwhile passes through that state for a moment.
+    if !skipped_volumes.is_empty() {
+        let still = docker::volumes_without_data(&ctx.docker_root);
+        skipped_volumes.retain(|w| still.contains(w));
+    }
+    for w in &skipped_volumes {
+        tracing::warn!("{w}");
+    }
+    let soft = reports.iter().any(|r| !r.summary.errors.is_empty()) || !skipped_volumes.is_empty();
     if ctx.json {
         let snaps: Vec<_> = reports.iter().map(report_json).collect();
         let failed: Vec<_> = failures
             .iter()
             .map(|(v, e)| json!({"volume": v, "error": e}))
             .collect();
-        print_json(&json!({"snapshots": snaps, "failed": failed}));
+        print_json(&json!({"snapshots": snaps, "failed": failed, "skipped": skipped_volumes}));
     } else {
         for r in &reports {
             println!("{}", report_line(r));
@@ -1146,4 +1162,239 @@ fn inventory_table(inv: &inventory::Inventory, sizes: bool) -> String {
     }
     out.push_str(&table(&rows));
     out
+}
+
+fn layer_diff_cmd(ctx: &Ctx, a: &LayerDiffArgs) -> Result<i32> {
+    let root = &ctx.docker_root;
+    let (c, record_warnings) =
+        layer_diff::find_container(root, &a.container).map_err(Error::Other)?;
+    // Other containers' damaged records do not make this container's diff partial.
+    for w in &record_warnings {
+        tracing::warn!("{w}");
+    }
+    let report = layer_diff::diff_container(root, &c).map_err(Error::Other)?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if ctx.json {
+        let v = serde_json::to_value(&report)
+            .map_err(|e| Error::Other(format!("cannot encode the layer diff: {e}")))?;
+        print_json(&v);
+    } else {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        layer_diff::write_text(&mut out, &report.changes)
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::io("cannot write the layer diff to", "stdout", e))?;
+    }
+    Ok(if report.warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}
+
+/// One side of `diff`: its entries, how to name it, and what could not be read.
+struct DiffSide {
+    listing: Listing,
+    label: serde_json::Value,
+    text: String,
+    warnings: Vec<String>,
+}
+
+/// Repository and index, opened once and only if a side is a snapshot.
+type RepoAndIndex = Option<(Repository, Index)>;
+
+fn diff_side(ctx: &Ctx, opened: &mut RepoAndIndex, volume: &str, which: &str) -> Result<DiffSide> {
+    if which == "live" {
+        let data = docker::volume_data(&ctx.docker_root, volume)?;
+        let (listing, warnings) = volume_diff::live_listing(&data)?;
+        return Ok(DiffSide {
+            listing,
+            label: json!({"live": data.display().to_string()}),
+            text: format!("live {}", data.display()),
+            warnings,
+        });
+    }
+    if opened.is_none() {
+        let repo = ctx.open()?;
+        let index = load_index_for_read(&repo)?;
+        *opened = Some((repo, index));
+    }
+    let (repo, index) = opened.as_ref().expect("opened above");
+    let (id, snap) = repo.find_snapshot(volume, which)?;
+    let (listing, warnings) = volume_diff::snapshot_listing(repo, index, &snap)?;
+    Ok(DiffSide {
+        listing,
+        label: json!({"snapshot": id.to_hex(), "time": snap.time}),
+        text: format!("snapshot {} ({})", &id.to_hex()[..8], snap.time),
+        warnings,
+    })
+}
+
+fn short_hash(h: &Option<String>) -> String {
+    h.as_deref()
+        .map(|s| s[..16.min(s.len())].to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_comparison(c: &volume_diff::Comparison, skip: &std::collections::HashSet<String>) {
+    for a in &c.added {
+        println!(
+            "A  {}  {} {} B mode {} owner {}:{} blake3 {}",
+            a.path,
+            a.entry.kind,
+            a.entry.size,
+            a.entry.mode,
+            a.entry.uid,
+            a.entry.gid,
+            short_hash(&a.entry.blake3)
+        );
+    }
+    for r in &c.removed {
+        println!(
+            "D  {}  {} {} B blake3 {}",
+            r.path,
+            r.entry.kind,
+            r.entry.size,
+            short_hash(&r.entry.blake3)
+        );
+    }
+    for m in &c.modified {
+        if skip.contains(&m.path) {
+            continue;
+        }
+        let details: Vec<String> = m
+            .changes
+            .iter()
+            .map(|what| match *what {
+                "content" => format!(
+                    "content ({} B blake3 {} -> {} B blake3 {})",
+                    m.from.size,
+                    short_hash(&m.from.blake3),
+                    m.to.size,
+                    short_hash(&m.to.blake3)
+                ),
+                "mode" => format!("mode ({} -> {})", m.from.mode, m.to.mode),
+                "owner" => format!(
+                    "owner ({}:{} -> {}:{})",
+                    m.from.uid, m.from.gid, m.to.uid, m.to.gid
+                ),
+                "mtime" => format!("mtime ({} -> {})", m.from.mtime, m.to.mtime),
+                "type" => format!("type ({} -> {})", m.from.kind, m.to.kind),
+                other => other.to_string(),
+            })
+            .collect();
+        println!("M  {}  {}", m.path, details.join(", "));
+    }
+}
+
+fn diff_cmd(ctx: &Ctx, a: &DiffArgs) -> Result<i32> {
+    let mut opened = None;
+    let from = diff_side(ctx, &mut opened, &a.volume, &a.from)?;
+    let to = diff_side(ctx, &mut opened, &a.volume, &a.to)?;
+    let c = volume_diff::compare(&from.listing, &to.listing);
+    let warnings: Vec<String> = from.warnings.iter().chain(&to.warnings).cloned().collect();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if ctx.json {
+        print_json(&json!({
+            "volume": a.volume,
+            "from": from.label,
+            "to": to.label,
+            "added": c.added,
+            "removed": c.removed,
+            "modified": c.modified,
+            "warnings": warnings,
+        }));
+    } else {
+        println!("{}: {} -> {}", a.volume, from.text, to.text);
+        print_comparison(&c, &Default::default());
+        println!(
+            "{} added, {} removed, {} modified",
+            c.added.len(),
+            c.removed.len(),
+            c.modified.len()
+        );
+    }
+    Ok(if warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}
+
+fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
+    let mut opened = None;
+    let snap = diff_side(ctx, &mut opened, &a.volume, "latest")?;
+    let live = diff_side(ctx, &mut opened, &a.volume, "live")?;
+    let tampered = volume_diff::tampered(&snap.listing, &live.listing);
+    let unverifiable = volume_diff::unhashed(&snap.listing);
+    let c = volume_diff::compare(&snap.listing, &live.listing);
+    let warnings: Vec<String> = snap
+        .warnings
+        .iter()
+        .chain(&live.warnings)
+        .cloned()
+        .collect();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if ctx.json {
+        print_json(&json!({
+            "volume": a.volume,
+            "snapshot": snap.label,
+            "live": live.label,
+            "tampered": tampered,
+            "added": c.added,
+            "removed": c.removed,
+            "modified": c.modified,
+            "unverifiable_files": unverifiable,
+            "warnings": warnings,
+        }));
+    } else {
+        for t in &tampered {
+            println!(
+                "TAMPERED {}: content differs from the snapshot (blake3 {} -> {}) while size ({} B) and mtime ({}) are unchanged",
+                t.path,
+                &t.snapshot_blake3[..16],
+                &t.live_blake3[..16],
+                t.size,
+                t.mtime
+            );
+        }
+        let skip = tampered.iter().map(|t| t.path.clone()).collect();
+        print_comparison(&c, &skip);
+        if unverifiable > 0 {
+            println!(
+                "{unverifiable} file(s) of the snapshot carry no content hash (older volguard): their content was compared by size only"
+            );
+        }
+        if tampered.is_empty() {
+            println!(
+                "{}: no unexplained change against {} ({} added, {} removed, {} modified with their metadata)",
+                a.volume,
+                snap.text,
+                c.added.len(),
+                c.removed.len(),
+                c.modified.len()
+            );
+        } else {
+            println!(
+                "{}: {} file(s) changed without a trace in their metadata since {}; restore them with `volguard restore {} --include PATH ...` and find out who wrote them",
+                a.volume,
+                tampered.len(),
+                snap.text,
+                a.volume
+            );
+        }
+    }
+    Ok(if !tampered.is_empty() {
+        exit::ERROR
+    } else if warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
 }

@@ -88,6 +88,7 @@ pub struct Options {
 
 pub fn collect(root: &Path, opts: &Options) -> Inventory {
     let (records, mut warnings) = volumes::read_volumes(root);
+    warnings.extend(crate::docker::volumes_without_data(root));
     let (ctrs, cw) = containers::read_containers(root);
     warnings.extend(cw);
 

@@ -44,6 +44,8 @@ pub struct Container {
     /// `overlay2` (graphdriver) or `overlayfs` (containerd snapshotter), as recorded.
     pub driver: String,
     pub mounts: Vec<Mount>,
+    /// The config.v2.json this was read from, for messages.
+    pub config_path: std::path::PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +212,7 @@ pub fn read_container(root: &Path, dir: &Path) -> Result<(Container, Option<Stri
         pid: cfg.state.pid,
         driver: cfg.driver,
         mounts,
+        config_path: cfg_path.clone(),
     };
     Ok((c, warning))
 }

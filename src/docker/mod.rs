@@ -5,6 +5,7 @@
 
 pub mod bolt;
 pub mod containers;
+pub mod layers;
 pub mod volumes;
 
 use std::io::{Read, Write};
@@ -67,6 +68,31 @@ pub fn list_volumes(root: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Directories under `<root>/volumes` that look like volumes but have no `_data`, each as a
+/// warning that says what it means and what to do. `backup --all` and `inventory` show them
+/// instead of silently passing over a volume whose data is gone.
+pub fn volumes_without_data(root: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(root.join("volumes")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| valid_volume_name(&e.file_name().to_string_lossy()))
+        .filter(|e| std::fs::symlink_metadata(e.path().join("_data")).is_err())
+        .map(|e| missing_data_message(&e.path(), &e.file_name().to_string_lossy()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn missing_data_message(dir: &Path, name: &str) -> String {
+    format!(
+        "{}: volume directory without _data; its data is gone (or dockerd is creating or removing it right now). Nothing to back up: check with `docker volume inspect {name}`, then remove the directory or recreate the volume",
+        dir.display()
+    )
+}
+
 /// A volume's `_data` directory, or a clear error naming the volumes that do exist.
 pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
     if !valid_volume_name(name) {
@@ -74,9 +100,13 @@ pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
             "{name:?} is not a valid Docker volume name"
         )));
     }
-    let data = volume_dir(root, name).join("_data");
+    let dir = volume_dir(root, name);
+    let data = dir.join("_data");
     if data.is_dir() {
         return Ok(data);
+    }
+    if dir.is_dir() {
+        return Err(Error::Other(missing_data_message(&dir, name)));
     }
     let known = list_volumes(root).unwrap_or_default();
     Err(Error::Other(format!(

@@ -8,6 +8,7 @@
 //! `tests/run.sh`); tests FAIL, never skip, when it is missing.
 #![allow(dead_code)]
 
+pub mod dockerdiff;
 pub mod treecmp;
 
 use std::fs;
