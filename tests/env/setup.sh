@@ -152,6 +152,20 @@ seaweed_answers() {
     [[ "${code}" != "000" ]]
 }
 
+# Starts weed mini in the background on an empty data directory. Test buckets are
+# disposable, and each one holds SeaweedFS volumes of its own: a data directory kept across
+# many runs runs out of writable volumes ("failed to find writable volumes", HTTP 500).
+start_weed_process() {
+    rm -rf "${SEAWEED_DIR}"
+    mkdir -p "${SEAWEED_DIR}"
+    log "seaweedfs: starting weed mini (127.0.0.1 only) on an empty ${SEAWEED_DIR}, log: ${SEAWEED_LOG}"
+    printf '\n=== %s setup.sh starting weed mini ===\n' "$(date -Is)" >>"${SEAWEED_LOG}"
+    setsid "${VENV}/bin/weed" mini -dir="${SEAWEED_DIR}" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -s3.config="${SEAWEED_S3_CONFIG}" -admin.ui=false -webdav=false \
+        </dev/null >>"${SEAWEED_LOG}" 2>&1 &
+    disown || true
+}
+
 install_seaweedfs() {
     if [[ -x "${VENV}/bin/weed" ]]; then
         log "seaweedfs: $("${VENV}/bin/weed" version 2>/dev/null | head -n1) in ${VENV}"
@@ -193,23 +207,15 @@ EOF_ENV
   ]
 }
 EOF_JSON
-    if pgrep -f "${VENV}/bin/weed mini" >/dev/null 2>&1 || pgrep -x weed >/dev/null 2>&1; then
-        log "seaweedfs: a weed process exists but S3 does not answer yet; waiting"
-    else
-        # Test buckets are disposable, and each one holds SeaweedFS volumes of its own: a data
-        # directory kept across many runs runs out of writable volumes ("failed to find
-        # writable volumes", HTTP 500). Whenever weed has to be started, start it empty.
-        rm -rf "${SEAWEED_DIR}"
-        mkdir -p "${SEAWEED_DIR}"
-        log "seaweedfs: starting weed mini (127.0.0.1 only) on an empty ${SEAWEED_DIR}, log: ${SEAWEED_LOG}"
-        printf '\n=== %s setup.sh starting weed mini ===\n' "$(date -Is)" >>"${SEAWEED_LOG}"
-        setsid "${VENV}/bin/weed" mini -dir="${SEAWEED_DIR}" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-            -s3.config="${SEAWEED_S3_CONFIG}" -admin.ui=false -webdav=false \
-            </dev/null >>"${SEAWEED_LOG}" 2>&1 &
-        disown || true
-    fi
     local waited=0
     while ! seaweed_answers; do
+        # No weed at all (or one that was shutting down has exited): start one. A weed that
+        # is still starting (or stopping) is waited for.
+        if ! pgrep -f "${VENV}/bin/weed mini" >/dev/null 2>&1 && ! pgrep -x weed >/dev/null 2>&1; then
+            start_weed_process
+        elif ((waited == 0)); then
+            log "seaweedfs: a weed process exists but S3 does not answer yet; waiting"
+        fi
         if ((waited >= SEAWEED_WAIT_SECS)); then
             tail -n 40 "${SEAWEED_LOG}" >&2 || true
             die "seaweedfs S3 did not answer on ${SEAWEED_ENDPOINT} within ${SEAWEED_WAIT_SECS}s"
