@@ -47,6 +47,8 @@ pub struct Source {
     pub path: PathBuf,
     /// What the snapshot names as its source when not `path` (an imported archive).
     pub origin: Option<String>,
+    /// The Docker volume's definition, recorded in the snapshot for `restore --all`.
+    pub docker_volume: Option<crate::snapshot::VolumeMeta>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,6 +62,9 @@ pub struct Options {
     pub marked: crate::prune::MarkedPacks,
     /// How long to wait for blobs left to a concurrent backup once it falls silent.
     pub wait_for_others: std::time::Duration,
+    /// Told once every file has been read (uploads may still run): the agent thaws frozen
+    /// containers then, not when the upload ends.
+    pub read_done: Option<crossbeam_channel::Sender<()>>,
 }
 
 /// Result of one backup, as `backup --json` reports it.
@@ -176,6 +181,9 @@ pub fn run(
             readahead: Some(ra_tx),
         };
         let scan_result = scanner.walk(&source.path, &root_meta, parent_root);
+        if let Some(tx) = &opts.read_done {
+            let _ = tx.send(());
+        }
         let summary = std::mem::take(&mut scanner.summary);
         let reused_packs = std::mem::take(&mut scanner.reused_packs);
         let error_count = scanner.error_count;
@@ -253,6 +261,7 @@ pub fn run(
         root,
         summary,
         program: format!("volguard {}", env!("CARGO_PKG_VERSION")),
+        docker_volume: source.docker_volume.clone(),
     };
     // bytes_added must include the snapshot object itself; its size barely depends on
     // the number written into it, so estimate with the current figures, then correct.

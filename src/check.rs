@@ -29,9 +29,11 @@ pub struct CheckReport {
     pub warnings: Vec<String>,
 }
 
+/// Checks the structure, and reads `read_percent` of the packs (0: none, 100: all; a
+/// share is chosen at random each run, so repeated runs cover the repository over time).
 pub fn run(
     repo: &Repository,
-    read_data: bool,
+    read_percent: f64,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
@@ -84,11 +86,15 @@ pub fn run(
         }
     }
 
-    if read_data {
+    if read_percent > 0.0 {
+        let chosen: Vec<(&PackId, &u64)> = stored
+            .iter()
+            .filter(|_| read_percent >= 100.0 || rand::random::<f64>() * 100.0 < read_percent)
+            .collect();
         if let Some(p) = progress {
-            p.set_length(stored.values().sum());
+            p.set_length(chosen.iter().map(|(_, s)| **s).sum());
         }
-        for (id, size) in &stored {
+        for (id, size) in chosen {
             if index.has_pack(id) {
                 read_pack(repo, &index, id, *size, blobs_of(id), &mut bad, &mut report);
             }

@@ -55,7 +55,8 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot to a directory, into a Docker volume, or as a tar stream.
     Restore(RestoreArgs),
-    /// Write a snapshot as a tar stream on stdout.
+    /// Write a snapshot as a tar stream on stdout (`| docker run -i --rm -v VOL:/target
+    /// busybox tar x -C /target` fills a volume with it).
     Export(ExportArgs),
     /// Verify the repository's structure, and with --read-data every byte of it.
     Check(CheckArgs),
@@ -77,7 +78,18 @@ pub enum Command {
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
     Drill(DrillArgs),
+    /// Run as the agent (the systemd service): scheduled backups, maintenance, metrics.
+    /// Reads the config file again on SIGHUP; SIGTERM stops it within agent.shutdown_timeout.
+    Agent(AgentArgs),
+    /// What the agent is doing: last and next run of every volume and job, and its health.
+    Status(StatusArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
@@ -199,7 +211,19 @@ pub struct SnapshotsArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Volume (or --name) whose snapshot to restore.
-    pub volume: String,
+    #[arg(required_unless_present = "all")]
+    pub volume: Option<String>,
+    /// Recreate every Docker volume this host (or --host) backed up, with its labels,
+    /// driver and options, and restore and verify each one's latest snapshot (or --at).
+    #[arg(long, conflicts_with_all = ["volume", "target", "into_volume", "to_tar", "include", "exclude", "dry_run"])]
+    pub all: bool,
+    /// With --all: the host whose volumes to restore (default: this host's name).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// With --all: restore each volume as it was at this time (RFC 3339): its newest
+    /// snapshot not newer than it.
+    #[arg(long, value_name = "RFC3339")]
+    pub at: Option<String>,
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(long, default_value = "latest")]
     pub snapshot: String,
@@ -224,16 +248,22 @@ pub struct RestoreArgs {
     /// Show what would be restored, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Restore into a volume even while a running container mounts it.
+    /// Restore into a volume even while a running container mounts it; with --all, also
+    /// replace the content of volumes that exist and hold data.
     #[arg(long)]
     pub force: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// Volume (or --name) whose snapshot to write.
     pub volume: String,
+    /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(long, default_value = "latest")]
     pub snapshot: String,
+    /// Compress the tar stream with zstd (`zstd -d | tar x`, or `tar --zstd -x`).
+    #[arg(long)]
+    pub zstd: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +271,9 @@ pub struct CheckArgs {
     /// Also read, decrypt and re-hash every blob.
     #[arg(long)]
     pub read_data: bool,
+    /// Read only this share of the packs, chosen at random (percent, e.g. 5).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, conflicts_with = "read_data")]
+    pub read_data_subset: Option<f64>,
 }
 
 /// Keep rules follow restic's `forget`; a snapshot matching any rule is kept. Counts take

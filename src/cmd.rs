@@ -17,44 +17,79 @@ use crate::config::{self, FileConfig};
 use crate::crypto::Secret;
 use crate::docker::containers;
 use crate::error::{Error, Result, exit};
-use crate::forget::{self, Candidate, KeepPolicy};
+use crate::forget::{self, KeepPolicy};
 use crate::index::Index;
 use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
 use crate::volume_diff::{self, Listing};
-use crate::{backup, check, docker, drill, import, inventory, layer_diff, prune, restore};
+use crate::{
+    backup, check, docker, drill, host_restore, import, inventory, layer_diff, prune, restore,
+};
 
 /// Everything a command needs besides its own arguments.
-struct Ctx {
+pub(crate) struct Ctx {
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+    pub(crate) file: FileConfig,
+    pub(crate) location: Location,
+    /// True when no repository was configured and the embedded default is in use.
+    pub(crate) embedded: bool,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) docker_root: PathBuf,
+    pub(crate) host: String,
+}
+
+/// The global flags, kept so the agent can build a new [`Ctx`] when its config is reloaded.
+#[derive(Debug, Clone)]
+pub(crate) struct Globals {
+    pub(crate) config: PathBuf,
+    repo: Option<String>,
+    key_file: Option<PathBuf>,
+    docker_root: Option<PathBuf>,
     json: bool,
     quiet: bool,
-    file: FileConfig,
-    location: Location,
-    /// True when no repository was configured and the embedded default is in use.
-    embedded: bool,
-    key_file: Option<PathBuf>,
-    docker_root: PathBuf,
-    host: String,
+}
+
+impl Ctx {
+    /// Reads the config file and combines it with the global flags (flags win).
+    pub(crate) fn load(g: &Globals) -> Result<Ctx> {
+        let file = FileConfig::load(&g.config)?;
+        let (location, embedded) = match g.repo.as_deref().or(file.repository.as_deref()) {
+            Some(r) => (Location::parse(r)?, false),
+            None => (Location::Local(config::default_repo()), true),
+        };
+        let docker_root =
+            docker::data_root(g.docker_root.as_deref().or(file.docker_root.as_deref()));
+        let host = file.host.clone().unwrap_or_else(repo::hostname);
+        Ok(Ctx {
+            json: g.json,
+            quiet: g.quiet,
+            key_file: g.key_file.clone(),
+            file,
+            location,
+            embedded,
+            docker_root,
+            host,
+        })
+    }
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
-    let file = FileConfig::load(&cli.config)?;
-    let (location, embedded) = match cli.repo.as_deref().or(file.repository.as_deref()) {
-        Some(r) => (Location::parse(r)?, false),
-        None => (Location::Local(config::default_repo()), true),
-    };
-    let docker_root = docker::data_root(cli.docker_root.as_deref().or(file.docker_root.as_deref()));
-    let host = file.host.clone().unwrap_or_else(repo::hostname);
-    let ctx = Ctx {
+    let globals = Globals {
+        config: cli.config.clone(),
+        repo: cli.repo.clone(),
+        key_file: cli.key_file.clone(),
+        docker_root: cli.docker_root.clone(),
         json: cli.json,
         quiet: cli.quiet,
-        key_file: cli.key_file.clone(),
-        file,
-        location,
-        embedded,
-        docker_root,
-        host,
     };
+    if let Command::Agent(_) = cli.command {
+        return crate::agent::run(&globals);
+    }
+    if let Command::Status(_) = cli.command {
+        return crate::agent::status_cmd(cli.json);
+    }
+    let ctx = Ctx::load(&globals)?;
     match cli.command {
         Command::Init(a) => init(&ctx, &a),
         Command::Backup(a) => backup_cmd(&ctx, &a),
@@ -70,20 +105,21 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
         Command::Diff(a) => diff_cmd(&ctx, &a),
         Command::Verify(a) => verify_cmd(&ctx, &a),
+        Command::Agent(_) | Command::Status(_) => unreachable!("dispatched above"),
     }
 }
 
 impl Ctx {
-    fn secret(&self) -> Result<Option<Secret>> {
+    pub(crate) fn secret(&self) -> Result<Option<Secret>> {
         config::secret(self.key_file.as_deref(), &self.file)
     }
 
-    fn backend(&self) -> Result<Arc<dyn Backend>> {
+    pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
         self.location.backend(&self.file.s3)
     }
 
     /// Opens the repository; the embedded default is created on first use.
-    fn open(&self) -> Result<Repository> {
+    pub(crate) fn open(&self) -> Result<Repository> {
         let backend = self.backend()?;
         if self.embedded && self.secret()?.is_none() {
             return self.open_embedded(backend);
@@ -209,38 +245,25 @@ fn time_arg(command: &str, t: Option<&str>) -> Result<Option<time::OffsetDateTim
 fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     let time = time_arg("backup", a.time.as_deref())?;
     let mut skipped_volumes = Vec::new();
+    let mut not_mounted = Vec::new();
     let sources: Vec<backup::Source> = if let Some(path) = &a.path {
         let name = a.name.clone().unwrap_or_default();
         vec![backup::Source {
             name,
             path: path.clone(),
             origin: None,
+            docker_volume: None,
         }]
     } else if a.all {
         skipped_volumes = docker::volumes_without_data(&ctx.docker_root);
-        docker::list_volumes(&ctx.docker_root)?
-            .into_iter()
-            .map(|v| backup::Source {
-                path: docker::volume_dir(&ctx.docker_root, &v).join("_data"),
-                name: v,
-                origin: None,
-            })
-            .collect()
+        let names = docker::list_volumes(&ctx.docker_root)?;
+        volume_sources(ctx, &names, Some(&mut not_mounted))?
     } else if a.volumes.is_empty() {
         return Err(Error::Usage(
             "name volumes to back up, or use --all or --path DIR --name NAME".into(),
         ));
     } else {
-        a.volumes
-            .iter()
-            .map(|v| {
-                Ok(backup::Source {
-                    path: docker::volume_data(&ctx.docker_root, v)?,
-                    name: v.clone(),
-                    origin: None,
-                })
-            })
-            .collect::<Result<_>>()?
+        volume_sources(ctx, &a.volumes, None)?
     };
     let repo = ctx.open()?;
     let (mut index, marked) = load_index_for_write(&repo)?;
@@ -254,6 +277,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             progress: ctx.progress(None, &src.name),
             marked: marked.clone(),
             wait_for_others: crate::inflight::DEFAULT_WAIT,
+            read_done: None,
         };
         let span = tracing::info_span!("backup", volume = %src.name);
         let _g = span.enter();
@@ -285,6 +309,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         let still = docker::volumes_without_data(&ctx.docker_root);
         skipped_volumes.retain(|w| still.contains(w));
     }
+    skipped_volumes.extend(not_mounted);
     for w in &skipped_volumes {
         tracing::warn!("{w}");
     }
@@ -317,6 +342,36 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// Backup sources for Docker volumes, each with its definition from metadata.db. A volume
+/// whose data is mounted elsewhere only while in use is skipped with the reason under
+/// `--all` (`skipped` is given), and an error when it was named.
+pub(crate) fn volume_sources(
+    ctx: &Ctx,
+    names: &[String],
+    mut skipped: Option<&mut Vec<String>>,
+) -> Result<Vec<backup::Source>> {
+    let (defs, warnings) = docker::volumes::read_volumes(&ctx.docker_root);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let mut out = Vec::new();
+    for name in names {
+        match docker::volume_source(&ctx.docker_root, name, &defs)? {
+            Ok(src) => out.push(backup::Source {
+                name: name.clone(),
+                path: src.data,
+                origin: None,
+                docker_volume: Some(src.meta),
+            }),
+            Err(docker::NotMounted(why)) => match skipped.as_deref_mut() {
+                Some(list) => list.push(why),
+                None => return Err(Error::Other(why)),
+            },
+        }
+    }
+    Ok(out)
 }
 
 /// Loads the index a backup deduplicates against: without the packs prune has marked
@@ -392,6 +447,7 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
             name: a.volume.clone(),
             path: root,
             origin: Some(ar.path.display().to_string()),
+            docker_volume: None,
         };
         let opts = backup::Options {
             tags: a.tags.clone(),
@@ -400,6 +456,7 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
             progress: ctx.progress(None, &a.volume),
             marked: marked.clone(),
             wait_for_others: crate::inflight::DEFAULT_WAIT,
+            read_done: None,
         };
         let r = backup::run(&repo, &mut index, &source, &opts);
         if let Some(p) = &opts.progress {
@@ -509,7 +566,7 @@ fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
     })
 }
 
-fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
+pub(crate) fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
     let marked = prune::MarkedPacks::load(repo)?;
     let (mut index, problems) = repo.load_index_except(&marked.packs)?;
     for p in problems {
@@ -597,6 +654,14 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
 }
 
 fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
+    if a.all {
+        return restore_all_cmd(ctx, a);
+    }
+    if a.host.is_some() || a.at.is_some() {
+        return Err(Error::Usage(
+            "--host and --at choose what restore --all restores; for one volume pick a snapshot with --snapshot".into(),
+        ));
+    }
     let filter = Filter::new(&a.include, &a.exclude)?;
     if a.target.is_none() && a.into_volume.is_none() && a.to_tar.is_none() {
         return Err(Error::Usage(
@@ -605,7 +670,7 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
     }
     let repo = ctx.open()?;
     let index = load_index_for_read(&repo)?;
-    let (sid, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    let (sid, snap) = repo.find_snapshot(a.volume.as_deref().unwrap_or_default(), &a.snapshot)?;
     tracing::info!(
         "restoring snapshot {} of {} from {}",
         sid.short(),
@@ -625,6 +690,7 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
         filter,
         verify: a.verify,
         dry_run: a.dry_run,
+        progress: None,
     };
     if let Some(target) = &a.target {
         let report = restore::to_dir(&repo, &index, &snap, target, &opts)?;
@@ -637,7 +703,15 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
         );
     }
     let volume = a.into_volume.as_deref().unwrap_or_default();
-    let report = restore_into_volume(ctx, &repo, &index, &snap, volume, &opts, a.force)?;
+    let report = host_restore::into_volume(
+        &repo,
+        &index,
+        &snap,
+        &ctx.docker_root,
+        volume,
+        &opts,
+        a.force,
+    )?;
     finish_restore(
         ctx,
         &sid.to_hex(),
@@ -647,85 +721,103 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
     )
 }
 
-/// Restores beside `_data`, then swaps the two directories in one atomic rename, so the
-/// volume is never seen half-restored; the old content is removed afterwards.
-fn restore_into_volume(
-    ctx: &Ctx,
-    repo: &Repository,
-    index: &Index,
-    snap: &crate::snapshot::Snapshot,
-    volume: &str,
-    opts: &RestoreOptions,
-    force: bool,
-) -> Result<restore::RestoreReport> {
-    if !docker::valid_volume_name(volume) {
-        return Err(Error::Usage(format!(
-            "{volume:?} is not a valid Docker volume name"
-        )));
+/// `restore --all`: every Docker volume of a host, recreated and restored, with a report.
+fn restore_all_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
+    let host = a.host.clone().unwrap_or_else(|| ctx.host.clone());
+    let at = time_arg("restore --at", a.at.as_deref())?.map(repo::format_time);
+    let repo = ctx.open()?;
+    let (all, problems) = repo.list_snapshots()?;
+    for p in &problems {
+        tracing::warn!("unreadable snapshot skipped: {p}");
     }
-    let vdir = docker::volume_dir(&ctx.docker_root, volume);
-    let data = vdir.join("_data");
-    if !data.is_dir() && !opts.dry_run {
-        docker::create_volume(volume)?;
-        if !data.is_dir() {
-            return Err(Error::Other(format!(
-                "dockerd created volume {volume:?} but {} does not exist: is --docker-root right?",
-                data.display()
-            )));
-        }
-    }
-    let users = docker::running_mounters(&ctx.docker_root, volume);
-    if !users.is_empty() && !force {
+    let plan = host_restore::plan(&all, &host, at.as_deref());
+    if plan.volumes.is_empty() {
+        let mut hosts: Vec<&str> = all.iter().map(|(_, s)| s.host.as_str()).collect();
+        hosts.sort();
+        hosts.dedup();
         return Err(Error::Other(format!(
-            "volume {volume:?} is mounted by running container(s) {}; stop them first, or pass --force",
-            users.join(", ")
+            "no snapshot of a Docker volume from host {host:?}{} in {}; {}",
+            at.as_deref()
+                .map(|t| format!(" at or before {t}"))
+                .unwrap_or_default(),
+            repo.location(),
+            if hosts.is_empty() {
+                "the repository has no snapshots".to_string()
+            } else {
+                format!(
+                    "hosts with snapshots: {} (choose one with --host)",
+                    hosts.join(", ")
+                )
+            }
         )));
     }
-    if opts.dry_run {
-        return restore::to_dir(repo, index, snap, &data, opts);
+    let index = load_index_for_read(&repo)?;
+    let total: u64 = plan
+        .volumes
+        .iter()
+        .map(|p| p.snap.summary.total_bytes)
+        .sum();
+    let progress = ctx.progress(Some(total), "restore --all");
+    let outcomes = host_restore::restore_all(
+        &repo,
+        &index,
+        &plan,
+        &host_restore::AllOptions {
+            root: ctx.docker_root.clone(),
+            force: a.force,
+            progress: progress.clone(),
+        },
+    );
+    if let Some(p) = progress {
+        p.finish_and_clear();
     }
-    let staging = vdir.join(format!(
-        "_data.volguard-restore-{}",
-        hex::encode(rand::random::<[u8; 4]>())
-    ));
-    let result = restore::to_dir(repo, index, snap, &staging, opts);
-    let report = match result {
-        Ok(r) if r.errors.is_empty() => r,
-        Ok(r) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(Error::Other(format!(
-                "restore into volume {volume:?} aborted, the volume is unchanged: {} error(s), first: {}",
-                r.errors.len(),
-                r.errors[0]
-            )));
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    if ctx.json {
+        print_json(&json!({
+            "host": host, "at": at, "docker_root": ctx.docker_root,
+            "volumes": outcomes, "passed_over": plan.passed_over,
+            "restored": outcomes.len() - failed, "failed": failed,
+        }));
+    } else {
+        for o in &outcomes {
+            let created = match o.created {
+                Some(host_restore::Created::Existing) => "existing volume",
+                Some(host_restore::Created::Dockerd) => "created by dockerd",
+                Some(host_restore::Created::Directory) => "created as a directory",
+                None => "not created",
+            };
+            let what = match (&o.report, &o.error) {
+                (_, Some(e)) => format!("FAILED: {e}"),
+                (Some(r), None) => format!(
+                    "{} files, {} dirs, {} restored and verified",
+                    r.files,
+                    r.dirs,
+                    human_bytes(r.bytes)
+                ),
+                (None, None) => "defined, no files written".to_string(),
+            };
+            println!(
+                "{}: snapshot {} of {}, {created} ({} label(s), {} option(s)): {what} ({:.1}s)",
+                o.volume,
+                &o.snapshot_id[..8],
+                o.snapshot_time,
+                o.labels.len(),
+                o.options.len(),
+                o.seconds
+            );
+            for n in &o.notes {
+                println!("  note: {n}");
+            }
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
+        for p in &plan.passed_over {
+            println!("not restored: {p}");
         }
-    };
-    nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        &staging,
-        nix::fcntl::AT_FDCWD,
-        &data,
-        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-    )
-    .map_err(|e| {
-        Error::io(
-            "cannot swap the restored data into place at",
-            &data,
-            e.into(),
-        )
-    })?;
-    // `staging` now holds the previous content.
-    if let Err(e) = std::fs::remove_dir_all(&staging) {
-        tracing::warn!(
-            "restored, but the previous content at {} could not be removed: {e}",
-            staging.display()
+        println!(
+            "restore --all of host {host}: {} volume(s) restored, {failed} failed",
+            outcomes.len() - failed
         );
     }
-    Ok(report)
+    Ok(if failed > 0 { exit::ERROR } else { exit::OK })
 }
 
 fn finish_restore(
@@ -776,17 +868,23 @@ fn finish_restore(
     })
 }
 
+/// zstd's own default level: fast enough not to slow the stream down.
+const EXPORT_ZSTD_LEVEL: i32 = 3;
+
 fn export(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let index = load_index_for_read(&repo)?;
     let (_, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
-    let report = restore::to_tar(
-        &repo,
-        &index,
-        &snap,
-        std::io::stdout().lock(),
-        &Filter::default(),
-    )?;
+    let stdout = std::io::stdout().lock();
+    let report = if a.zstd {
+        let broken = |e| Error::io("cannot write the zstd stream to", "stdout", e);
+        let mut enc = zstd::Encoder::new(stdout, EXPORT_ZSTD_LEVEL).map_err(broken)?;
+        let report = restore::to_tar(&repo, &index, &snap, &mut enc, &Filter::default())?;
+        enc.finish().map_err(broken)?.flush().map_err(broken)?;
+        report
+    } else {
+        restore::to_tar(&repo, &index, &snap, stdout, &Filter::default())?
+    };
     for e in &report.errors {
         eprintln!("error: {e}");
     }
@@ -854,12 +952,17 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
 
 fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let pb = if a.read_data {
+    let read_percent = match (a.read_data, a.read_data_subset) {
+        (true, _) => 100.0,
+        (false, Some(p)) => p,
+        (false, None) => 0.0,
+    };
+    let pb = if read_percent > 0.0 {
         ctx.progress(Some(0), "reading")
     } else {
         None
     };
-    let r = check::run(&repo, a.read_data, pb.as_ref())?;
+    let r = check::run(&repo, read_percent, pb.as_ref())?;
     if let Some(p) = pb {
         p.finish_and_clear();
     }
@@ -878,7 +981,7 @@ fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
             r.packs,
             r.blobs,
             r.snapshots,
-            if a.read_data {
+            if read_percent > 0.0 {
                 format!(
                     ", {} packs read, {} blobs verified",
                     r.packs_read, r.blobs_verified
@@ -927,31 +1030,8 @@ fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
         tracing::warn!("{p}; that snapshot is left alone");
         partial = true;
     }
-    let mut candidates = Vec::new();
-    for (id, s) in all {
-        if a.volume.as_ref().is_some_and(|v| &s.volume != v)
-            || a.host.as_ref().is_some_and(|h| &s.host != h)
-        {
-            continue;
-        }
-        match forget::parse_time(&s.time) {
-            Ok(time) => candidates.push(Candidate {
-                id,
-                time,
-                host: s.host,
-                volume: s.volume,
-                tags: s.tags,
-            }),
-            Err(e) => {
-                tracing::warn!(
-                    "snapshot {} of {}: its time {e}; that snapshot is left alone",
-                    id.short(),
-                    s.volume
-                );
-                partial = true;
-            }
-        }
-    }
+    let (candidates, unparsed) = forget::candidates(all, a.volume.as_deref(), a.host.as_deref());
+    partial |= unparsed;
     let plan = forget::plan(&candidates, &policy, time::OffsetDateTime::now_utc());
     let emptied: Vec<String> = plan
         .emptied_groups()

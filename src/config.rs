@@ -46,6 +46,9 @@ pub struct FileConfig {
     /// standard AWS sources.
     #[serde(default)]
     pub s3: crate::backend::s3::S3Settings,
+    /// The agent's schedule, consistency and maintenance (`[agent]` table).
+    #[serde(default)]
+    pub agent: crate::agent::config::AgentSettings,
 }
 
 impl FileConfig {

@@ -93,7 +93,7 @@ pub fn run(
         &RestoreOptions {
             filter: Filter::only(sample.clone()),
             verify: true,
-            dry_run: false,
+            ..Default::default()
         },
     )?;
     let seconds = started.elapsed().as_secs_f64();

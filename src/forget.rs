@@ -208,6 +208,40 @@ impl fmt::Display for KeepDuration {
 
 /// Splits one `--keep-tag` value into its tag set, like restic: comma separated, blanks
 /// around each tag trimmed (`''` is the empty tag, which matches untagged snapshots).
+/// The snapshots of `volume` and `host` (None = all) as forget candidates. A snapshot whose
+/// time does not parse is left out with a warning; the flag says some were.
+pub fn candidates(
+    all: Vec<crate::repo::SnapshotEntry>,
+    volume: Option<&str>,
+    host: Option<&str>,
+) -> (Vec<Candidate>, bool) {
+    let mut out = Vec::new();
+    let mut partial = false;
+    for (id, s) in all {
+        if volume.is_some_and(|v| s.volume != v) || host.is_some_and(|h| s.host != h) {
+            continue;
+        }
+        match parse_time(&s.time) {
+            Ok(time) => out.push(Candidate {
+                id,
+                time,
+                host: s.host,
+                volume: s.volume,
+                tags: s.tags,
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "snapshot {} of {}: its time {e}; that snapshot is left alone",
+                    id.short(),
+                    s.volume
+                );
+                partial = true;
+            }
+        }
+    }
+    (out, partial)
+}
+
 pub fn parse_tag_set(s: &str) -> Vec<String> {
     s.split(',').map(|t| t.trim().to_string()).collect()
 }

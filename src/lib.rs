@@ -1,6 +1,7 @@
 //! volguard: encrypted, deduplicated, incremental backups of Docker volumes, read straight
 //! from Docker's on-disk state. See DESIGN.md for the data flow; each module names what it owns.
 
+pub mod agent;
 pub mod backend;
 pub mod backup;
 pub mod check;
@@ -14,6 +15,7 @@ pub mod drill;
 pub mod error;
 pub mod forget;
 pub mod fsmeta;
+pub mod host_restore;
 pub mod ids;
 pub mod import;
 pub mod index;
@@ -27,3 +29,4 @@ pub mod restore;
 pub mod snapshot;
 pub mod tree;
 pub mod volume_diff;
+pub mod webhook;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use volguard::cli::Cli;
+use volguard::cli::{Cli, Command};
 use volguard::error::{Error, exit};
 
 /// Keeps glibc from parking freed pack buffers (16 MiB each) on per-thread heaps: with a
@@ -41,10 +41,16 @@ fn exit_on_sigint() {
 
 fn main() {
     tune_allocator();
-    exit_on_sigint();
     let cli = Cli::parse();
+    // The agent handles its signals itself (finish or abandon within a bound, thaw
+    // containers), and says what it does at info level, for the journal.
+    let agent = matches!(cli.command, Command::Agent(_));
+    if !agent {
+        exit_on_sigint();
+    }
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
+        (false, 0) if agent => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",

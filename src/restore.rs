@@ -290,6 +290,8 @@ pub struct RestoreOptions {
     pub filter: Filter,
     pub verify: bool,
     pub dry_run: bool,
+    /// Advanced by the bytes written (one bar may span several restores).
+    pub progress: Option<indicatif::ProgressBar>,
 }
 
 /// One file being restored; shared by the segment jobs that fill it.
@@ -355,7 +357,12 @@ pub fn to_dir(
                         for (job, written) in batch.iter().zip(write_batch(repo, index, &batch)) {
                             let t = &job.target;
                             match written {
-                                Ok(n) => r.bytes += n,
+                                Ok(n) => {
+                                    r.bytes += n;
+                                    if let Some(p) = &opts.progress {
+                                        p.inc(n);
+                                    }
+                                }
                                 Err(e) => {
                                     let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
                                     f.get_or_insert_with(|| e.to_string());
@@ -829,7 +836,7 @@ fn append_tar_entry<W: Write>(
             )),
         }
     }
-    b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    append_pax(b, &pax, node.mtime_sec.max(0) as u64)?;
     let mut h = tar::Header::new_gnu();
     h.set_mode(node.mode & 0o7777);
     h.set_uid(node.uid as u64);
@@ -883,6 +890,37 @@ fn append_tar_entry<W: Write>(
         // tar has no socket type; a socket is only meaningful to the process that bound it.
         NodeKind::Socket => Ok(()),
     }
+}
+
+/// Writes a POSIX.1-2001 extended header (`x`) with `records`. The tar crate's own writes
+/// one with an empty name and mode 0, which busybox tar refuses ("invalid tar magic"), and
+/// the export must unpack with `docker run -i busybox tar x`; GNU tar names these
+/// `./PaxHeaders/<file>`, and readers ignore the name.
+fn append_pax<W: Write>(
+    b: &mut tar::Builder<W>,
+    records: &[(String, Vec<u8>)],
+    mtime: u64,
+) -> io::Result<()> {
+    let mut data = Vec::new();
+    for (k, v) in records {
+        // "LEN key=value\n", where LEN counts the whole record, its own digits included.
+        let rest = k.len() + v.len() + 3;
+        let mut len = rest + 1;
+        while rest + len.to_string().len() != len {
+            len = rest + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {k}=").as_bytes());
+        data.extend_from_slice(v);
+        data.push(b'\n');
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_path("PaxHeaders/volguard")?;
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    b.append(&h, data.as_slice())
 }
 
 /// Converts a kernel `system.posix_acl_*` value (version 2: a u32 header, then entries of
@@ -942,5 +980,37 @@ mod tests {
         );
         assert_eq!(acl_to_text(&v[..7]), None);
         assert_eq!(acl_to_text(b"garbage!"), None);
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length_and_read_back() {
+        let records: Vec<(String, Vec<u8>)> = vec![
+            ("mtime".into(), b"1.000000000".to_vec()),
+            // 9 + 3 + 1 digit: the length crosses from one digit to two.
+            ("ab".into(), b"abcd".to_vec()),
+            ("SCHILY.xattr.user.k".into(), vec![0u8, 1, 255]),
+        ];
+        let mut b = tar::Builder::new(Vec::new());
+        append_pax(&mut b, &records, 7).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "f", io::empty()).unwrap();
+        let bytes = b.into_inner().unwrap();
+        // Named, so busybox tar does not take it for the end of the archive.
+        assert_eq!(&bytes[..19], b"PaxHeaders/volguard");
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let mut entry = ar.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap(), Path::new("f"));
+        let got: Vec<(String, Vec<u8>)> = entry
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.key().unwrap().to_string(), e.value_bytes().to_vec())
+            })
+            .collect();
+        assert_eq!(got, records);
     }
 }

@@ -1,5 +1,7 @@
 //! Snapshot objects: the root of one backup of one volume, written last.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Keys, Purpose};
@@ -26,6 +28,19 @@ pub struct Snapshot {
     pub root: Node,
     pub summary: Summary,
     pub program: String,
+    /// What Docker knew about the volume when it was read, so `restore --all` can recreate
+    /// it as it was. None for `--path` backups, imports, and snapshots of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_volume: Option<VolumeMeta>,
+}
+
+/// A Docker volume's definition: what `docker volume create` needs to make it again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeMeta {
+    pub driver: String,
+    pub labels: BTreeMap<String, String>,
+    /// Driver options (`docker volume create -o`); for `local`: type, device, o, size.
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,14 +1,14 @@
 //! The read-only view of Docker's on-disk state (DESIGN §4): where the data root is, which
 //! volumes exist ([`volumes`], from `metadata.db` through [`bolt`]), which containers exist
-//! and what they mount ([`containers`]). Nothing here talks to dockerd except
-//! [`create_volume`], and nothing takes a lock.
+//! and what they mount ([`containers`]). Nothing here talks to dockerd except [`api`],
+//! which only ever creates volumes, and nothing takes a lock.
 
+pub mod api;
 pub mod bolt;
 pub mod containers;
 pub mod layers;
 pub mod volumes;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/docker";
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
-pub const SOCKET: &str = "/var/run/docker.sock";
 
 /// `--docker-root`, else `data-root` from daemon.json, else the default.
 pub fn data_root(explicit: Option<&Path>) -> PathBuf {
@@ -120,6 +119,72 @@ pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
     )))
 }
 
+/// Where a backup reads a volume from, and the definition to record with it.
+#[derive(Debug, Clone)]
+pub struct VolumeSource {
+    /// The directory holding the volume's files right now.
+    pub data: PathBuf,
+    pub meta: crate::snapshot::VolumeMeta,
+}
+
+/// Why a volume's files cannot be read on this host right now: `_data` is an empty
+/// mountpoint that the local driver mounts (nfs, cifs, tmpfs, a device) only while a
+/// container uses the volume. Backing up the empty directory would record a volume
+/// without its data, so such a volume is skipped with this reason.
+#[derive(Debug, Clone)]
+pub struct NotMounted(pub String);
+
+/// Resolves where `name`'s data is: `_data`, or for a local bind volume (`-o type=none -o
+/// o=bind -o device=DIR`) that no container mounts now, DIR itself, which is what a
+/// container would see. `defs` is [`volumes::read_volumes`]'s answer, read once per run.
+pub fn volume_source(
+    root: &Path,
+    name: &str,
+    defs: &[volumes::VolumeRecord],
+) -> Result<std::result::Result<VolumeSource, NotMounted>> {
+    let data = volume_data(root, name)?;
+    let meta = defs
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| crate::snapshot::VolumeMeta {
+            driver: d.driver.clone(),
+            labels: d.labels.clone(),
+            options: d.options.clone(),
+        })
+        .unwrap_or_else(|| crate::snapshot::VolumeMeta {
+            driver: "local".into(),
+            ..Default::default()
+        });
+    let mut warnings = Vec::new();
+    let mount = volumes::data_mount(root, name, &mut warnings);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if !mount.configured || mount.mounted_now {
+        return Ok(Ok(VolumeSource { data, meta }));
+    }
+    let is_bind = meta
+        .options
+        .get("o")
+        .is_some_and(|o| o.split(',').any(|t| t == "bind" || t == "rbind"));
+    if let Some(device) = mount.device.as_deref().filter(|_| is_bind)
+        && Path::new(device).is_absolute()
+        && Path::new(device).is_dir()
+    {
+        return Ok(Ok(VolumeSource {
+            data: PathBuf::from(device),
+            meta,
+        }));
+    }
+    Ok(Err(NotMounted(format!(
+        "volume {name:?}: its data lives on {} {} and is mounted at {} only while a container uses the volume; \
+         not backed up (an empty directory is not its data). Back it up while a container mounts it, or back up the device where it lives",
+        mount.mount_type.as_deref().unwrap_or("a mount of type"),
+        mount.device.as_deref().unwrap_or("(no device)"),
+        data.display()
+    ))))
+}
+
 /// Names of running containers that mount `volume`. config.v2.json can be stale (dockerd
 /// killed), so "running" is confirmed by the container's pid still existing.
 pub fn running_mounters(root: &Path, volume: &str) -> Vec<String> {
@@ -139,37 +204,6 @@ pub fn running_mounters(root: &Path, volume: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-/// Asks dockerd (through its socket) to create a local volume, so Docker knows about the
-/// volume a restore fills.
-pub fn create_volume(name: &str) -> Result<()> {
-    let body = serde_json::json!({ "Name": name }).to_string();
-    let request = format!(
-        "POST /volumes/create HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let fail = |why: String| {
-        Error::Other(format!(
-            "volume {name:?} does not exist and could not be created through {SOCKET}: {why}; create it with `docker volume create {name}` and retry"
-        ))
-    };
-    let mut s = std::os::unix::net::UnixStream::connect(SOCKET).map_err(|e| fail(e.to_string()))?;
-    s.write_all(request.as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    let mut resp = String::new();
-    s.take(64 * 1024)
-        .read_to_string(&mut resp)
-        .map_err(|e| fail(e.to_string()))?;
-    let status = resp.split_whitespace().nth(1).unwrap_or("");
-    if status.starts_with('2') {
-        Ok(())
-    } else {
-        Err(fail(format!(
-            "dockerd answered: {}",
-            resp.lines().next().unwrap_or("nothing")
-        )))
-    }
 }
 
 #[cfg(test)]

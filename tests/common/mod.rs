@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod dockerdiff;
+pub mod private_dockerd;
 pub mod treecmp;
 
 use std::fs;
@@ -24,7 +25,7 @@ pub const IMAGE: &str = "volguard-test/busybox:latest";
 
 /// Environment variables that would leak host key material, repository or S3
 /// choices into a test's `volguard` process.
-const LEAKY_ENV: &[&str] = &[
+pub const LEAKY_ENV: &[&str] = &[
     "VOLGUARD_REPO",
     "VOLGUARD_PASSWORD",
     "VOLGUARD_PASSWORD_FILE",

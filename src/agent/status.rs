@@ -1,0 +1,109 @@
+//! The agent's status file (`<state dir>/agent-status.json`): what it is doing, the last
+//! and next run of every volume and job, and its health. The agent rewrites it atomically
+//! whenever something changes; `volguard status` reads it, so it works without any socket
+//! or API, and survives an agent restart (the last times are read back from it).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{JobFigures, VolumeFigures};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub schedule: String,
+    pub consistency: String,
+    pub last_success: Option<f64>,
+    pub last_failure: Option<f64>,
+    pub last_error: Option<String>,
+    pub next_run: Option<f64>,
+    pub figures: VolumeFigures,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub schedule: String,
+    pub last_error: Option<String>,
+    pub last_failure: Option<f64>,
+    pub next_run: Option<f64>,
+    pub figures: JobFigures,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub started: f64,
+    pub updated: f64,
+    pub repository: String,
+    pub host: String,
+    /// What it is doing now: "idle", "backing up VOLUME", "check", ...
+    pub activity: String,
+    pub metrics_addr: Option<String>,
+    pub volumes: BTreeMap<String, VolumeStatus>,
+    pub jobs: BTreeMap<String, JobStatus>,
+}
+
+impl AgentStatus {
+    /// Volumes and jobs whose last run failed (and has not succeeded since).
+    pub fn failing(&self) -> Vec<String> {
+        let failed = |s: Option<f64>, f: Option<f64>| f.is_some_and(|f| s.is_none_or(|s| f > s));
+        let mut out: Vec<String> = self
+            .volumes
+            .iter()
+            .filter(|(_, v)| failed(v.last_success, v.last_failure))
+            .map(|(n, v)| {
+                format!(
+                    "volume {n}: {}",
+                    v.last_error.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect();
+        out.extend(
+            self.jobs
+                .iter()
+                .filter(|(_, j)| failed(j.figures.last_success_time, j.last_failure))
+                .map(|(n, j)| format!("{n}: {}", j.last_error.as_deref().unwrap_or("failed"))),
+        );
+        out
+    }
+}
+
+pub fn path() -> PathBuf {
+    crate::config::state_dir().join("agent-status.json")
+}
+
+/// Writes the status atomically (temp file + rename), so a reader never sees half of it.
+pub fn write(path: &Path, status: &AgentStatus) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(status).unwrap_or_default())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads the status file; None when it does not exist, an error when it is damaged.
+pub fn read(path: &Path) -> Result<Option<AgentStatus>, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            format!(
+                "{} is damaged ({e}); the agent rewrites it on its next change",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Unix time as RFC 3339, for people.
+pub fn when(t: Option<f64>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
+        .map(crate::repo::format_time)
+        .map(|s| format!("{}Z", &s[..19]))
+        .unwrap_or_else(|| "-".into())
+}
