@@ -77,6 +77,33 @@ pub enum Command {
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
     Drill(DrillArgs),
+    /// Write the man pages or a shell's completion script (used by the package build).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: GenerateWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateWhat {
+    /// Man pages: volguard.1 and one volguard-COMMAND.1 per command.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The completion script of one shell, named as that shell looks for it.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -38,6 +38,10 @@ struct Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
+    // Generating docs needs no config: it runs in package builds, where none exists.
+    if let Command::Generate(a) = &cli.command {
+        return crate::generate::run(a);
+    }
     let file = FileConfig::load(&cli.config)?;
     let (location, embedded) = match cli.repo.as_deref().or(file.repository.as_deref()) {
         Some(r) => (Location::parse(r)?, false),
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
         Command::Diff(a) => diff_cmd(&ctx, &a),
         Command::Verify(a) => verify_cmd(&ctx, &a),
+        Command::Generate(a) => crate::generate::run(&a),
     }
 }
 
