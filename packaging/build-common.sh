@@ -2,7 +2,9 @@
 # the packages ship besides it, into "$CARGO_TARGET_DIR/release/packaging/" (the path the
 # package metadata in Cargo.toml names as target/release/packaging/):
 #   bin/volguard          the binary without debug sections (symbols kept for backtraces)
-#   man/*.1               volguard.1 and volguard-COMMAND.1, from the clap definitions
+#   man/*.1.gz            volguard.1 and volguard-COMMAND.1, from the clap definitions,
+#                         compressed as Debian policy wants (cargo-deb compresses only
+#                         man pages that are not build products)
 #   completions/*         bash, zsh and fish completion scripts, from the same
 # Generated files are made fresh on every build and never committed, so they cannot go
 # stale against the CLI.
@@ -28,6 +30,8 @@ prepare_assets() {
     mkdir -p "${PKG_DIR}/bin"
     strip --strip-debug -o "${PKG_DIR}/bin/volguard" "${bin}"
     "${bin}" generate man --out "${PKG_DIR}/man" >/dev/null
+    # -n: no name or time stamp in the header, so equal pages give equal packages.
+    gzip -n -9 "${PKG_DIR}/man/"*.1
     local shell
     for shell in bash zsh fish; do
         "${bin}" generate completions "${shell}" --out "${PKG_DIR}/completions" >/dev/null

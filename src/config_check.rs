@@ -224,7 +224,7 @@ fn validate(cfg: &FileConfig, text: &str, path: &Path) -> Result<()> {
             && let Ok(meta) = std::fs::metadata(p)
             && let Some(why) = secret_file_problem(&meta)
         {
-            return Err(problem(table, key, format!("{}: {why}", p.display())));
+            return Err(problem(table, key, format!("{} {why}", p.display())));
         }
     }
     let (id, secret_file) = (&cfg.s3.access_key_id, &cfg.s3.secret_access_key_file);

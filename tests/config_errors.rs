@@ -83,6 +83,6 @@ fn bad_config_files_are_refused_with_file_line_key_and_reason() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&cfg, "host = \"h\"\n").unwrap();
     let (code, stderr) = run_with(&cfg, &repo);
-    assert!(!stderr.contains("config file"), "{stderr}");
+    assert!(!stderr.contains(&format!("config file {c}")), "{stderr}");
     assert_eq!(code, Some(1), "{stderr}");
 }
