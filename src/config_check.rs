@@ -242,7 +242,10 @@ fn validate(cfg: &FileConfig, text: &str, path: &Path) -> Result<()> {
     }
     if let Err(e) = cfg.s3.validate() {
         let msg = e.to_string();
-        let msg = msg.strip_prefix("config [s3]: ").unwrap_or(&msg).to_string();
+        let msg = msg
+            .strip_prefix("config [s3]: ")
+            .unwrap_or(&msg)
+            .to_string();
         // Every message starts with its key; the longest match wins (`sse_kms_key_id`
         // over `sse`).
         let key = S3_KEYS
@@ -336,7 +339,9 @@ mod tests {
     fn wrong_type_names_key_and_expected_type() {
         let e = load("[s3]\nupload_concurrency = \"four\"\n").unwrap_err();
         assert!(
-            e.starts_with("config file /etc/volguard/config.toml:2: s3.upload_concurrency: invalid type"),
+            e.starts_with(
+                "config file /etc/volguard/config.toml:2: s3.upload_concurrency: invalid type"
+            ),
             "{e}"
         );
     }
@@ -373,7 +378,10 @@ mod tests {
             "{e}"
         );
         let e = load("key_file = \"repo.key\"\n").unwrap_err();
-        assert!(e.contains(":1: key_file: repo.key is a relative path"), "{e}");
+        assert!(
+            e.contains(":1: key_file: repo.key is a relative path"),
+            "{e}"
+        );
         let e = load("[s3]\nregion = \"r\"\naccess_key_id = \"a\"\n").unwrap_err();
         assert!(
             e.contains(":3: s3.access_key_id: set without secret_access_key_file"),
@@ -401,12 +409,18 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         load(&text).unwrap();
         // Missing secret files wait until they are needed.
-        let missing = format!("password_file = \"{}\"\n", dir.path().join("nope").display());
+        let missing = format!(
+            "password_file = \"{}\"\n",
+            dir.path().join("nope").display()
+        );
         load(&missing).unwrap();
         // A directory is no secret file.
         let as_dir = format!("key_file = \"{}\"\n", dir.path().display());
         let e = load(&as_dir).unwrap_err();
-        assert!(e.contains(":1: key_file: ") && e.contains("not a regular file"), "{e}");
+        assert!(
+            e.contains(":1: key_file: ") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -466,14 +480,20 @@ mod tests {
             ("s3.path_style", path_style.is_some()),
             ("s3.profile", profile.is_some()),
             ("s3.access_key_id", access_key_id.is_some()),
-            ("s3.secret_access_key_file", secret_access_key_file.is_some()),
+            (
+                "s3.secret_access_key_file",
+                secret_access_key_file.is_some(),
+            ),
             ("s3.storage_class", storage_class.is_some()),
             ("s3.sse", sse.is_some()),
             ("s3.sse_kms_key_id", sse_kms_key_id.is_some()),
             ("s3.ca_bundle", ca_bundle.is_some()),
             ("s3.upload_concurrency", upload_concurrency.is_some()),
             ("s3.download_concurrency", download_concurrency.is_some()),
-            ("s3.multipart_threshold_mib", multipart_threshold_mib.is_some()),
+            (
+                "s3.multipart_threshold_mib",
+                multipart_threshold_mib.is_some(),
+            ),
             ("s3.part_size_mib", part_size_mib.is_some()),
             ("s3.part_concurrency", part_concurrency.is_some()),
         ] {

@@ -65,7 +65,11 @@ mod tests {
         assert!(names.contains(&"volguard.1".to_string()), "{names:?}");
         for sub in Cli::command().get_subcommands() {
             let page = format!("volguard-{}.1", sub.get_name());
-            assert_eq!(names.contains(&page), !sub.is_hide_set(), "{page}: {names:?}");
+            assert_eq!(
+                names.contains(&page),
+                !sub.is_hide_set(),
+                "{page}: {names:?}"
+            );
         }
         let main = std::fs::read_to_string(dir.path().join("volguard.1")).unwrap();
         assert!(main.contains(".TH volguard 1"), "{main}");

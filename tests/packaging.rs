@@ -154,7 +154,11 @@ fn assert_scripts_start_nothing(deb: &Path, scratch: &Path) {
                 );
             }
             if line.contains("deb-systemd-helper enable") {
-                let guard = lines[..i].iter().rev().take(3).any(|l| l.contains("was-enabled"));
+                let guard = lines[..i]
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .any(|l| l.contains("was-enabled"));
                 assert!(
                     guard,
                     "{script} line {}: enables a unit without checking it was enabled before",
@@ -164,7 +168,10 @@ fn assert_scripts_start_nothing(deb: &Path, scratch: &Path) {
         }
     }
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
-    assert!(postinst.contains("daemon-reload"), "postinst lacks daemon-reload");
+    assert!(
+        postinst.contains("daemon-reload"),
+        "postinst lacks daemon-reload"
+    );
 }
 
 /// `systemd-analyze security --offline=true` ends with
@@ -215,7 +222,11 @@ fn deb_installs_verifies_runs_and_purges() {
             .arg(&deb)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
-    assert!(dpkg_status().contains("install ok installed"), "{}", dpkg_status());
+    assert!(
+        dpkg_status().contains("install ok installed"),
+        "{}",
+        dpkg_status()
+    );
 
     for p in INSTALLED {
         assert!(Path::new(p).is_file(), "{p} is not installed");
@@ -225,12 +236,15 @@ fn deb_installs_verifies_runs_and_purges() {
         conffiles.contains("/etc/volguard/config.toml"),
         "config.toml is no conffile: {conffiles:?}"
     );
-    let shipped = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml"))
-        .unwrap();
+    let shipped =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml")).unwrap();
     assert_eq!(std::fs::read("/etc/volguard/config.toml").unwrap(), shipped);
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/var/lib/volguard").unwrap().permissions().mode();
+        let mode = std::fs::metadata("/var/lib/volguard")
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o7777, 0o700, "/var/lib/volguard mode {mode:o}");
     }
 
@@ -239,7 +253,10 @@ fn deb_installs_verifies_runs_and_purges() {
         let path = Path::new("/usr/lib/systemd/system").join(unit);
         let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "systemd-analyze verify {unit}: {stderr}");
+        assert!(
+            out.status.success(),
+            "systemd-analyze verify {unit}: {stderr}"
+        );
         assert!(
             !stderr.lines().any(|l| l.contains("volguard")),
             "systemd-analyze verify {unit} complains: {stderr}"
@@ -271,7 +288,11 @@ fn deb_installs_verifies_runs_and_purges() {
             "default.target.wants",
         ] {
             let link = Path::new("/etc/systemd/system").join(wants).join(unit);
-            assert!(!link.exists() && link.symlink_metadata().is_err(), "{} exists", link.display());
+            assert!(
+                !link.exists() && link.symlink_metadata().is_err(),
+                "{} exists",
+                link.display()
+            );
         }
     }
     for unit in ["volguard.service", "volguard-backup.timer"] {
@@ -280,7 +301,10 @@ fn deb_installs_verifies_runs_and_purges() {
         assert_eq!(state.trim(), "disabled", "{unit} is {state:?}");
     }
     let running = processes_running(Path::new("/usr/bin/volguard"));
-    assert!(running.is_empty(), "installed volguard runs as pids {running:?}");
+    assert!(
+        running.is_empty(),
+        "installed volguard runs as pids {running:?}"
+    );
 
     drop(_installed);
     let status = dpkg_status();
