@@ -83,6 +83,33 @@ pub enum Command {
     Agent(AgentArgs),
     /// What the agent is doing: last and next run of every volume and job, and its health.
     Status(StatusArgs),
+    /// Write the man pages or a shell's completion script (used by the package build).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: GenerateWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateWhat {
+    /// Man pages: volguard.1 and one volguard-COMMAND.1 per command.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The completion script of one shell, named as that shell looks for it.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -75,6 +75,10 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
+    // Generating docs needs no config: it runs in package builds, where none exists.
+    if let Command::Generate(a) = &cli.command {
+        return crate::generate::run(a);
+    }
     let globals = Globals {
         config: cli.config.clone(),
         repo: cli.repo.clone(),
@@ -105,7 +109,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
         Command::Diff(a) => diff_cmd(&ctx, &a),
         Command::Verify(a) => verify_cmd(&ctx, &a),
-        Command::Agent(_) | Command::Status(_) => unreachable!("dispatched above"),
+        Command::Agent(_) | Command::Status(_) | Command::Generate(_) => {
+            unreachable!("dispatched above")
+        }
     }
 }
 

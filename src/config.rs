@@ -1,7 +1,6 @@
 //! The configuration file (`/etc/volguard/config.toml`) and how it combines with the command
 //! line and environment into the settings a command runs with.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -60,23 +59,7 @@ impl FileConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
             Err(e) => return Err(Error::io("cannot read config file", path, e)),
         };
-        toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(0);
-            Error::Other(format!(
-                "config file {} line {line}: {}",
-                path.display(),
-                e.message()
-            ))
-        })
+        crate::config_check::parse(&text, path)
     }
 }
 
@@ -84,13 +67,8 @@ impl FileConfig {
 /// a key that has already leaked.
 pub fn read_secret_file(path: &Path, what: &str) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(Error::Other(format!(
-            "{what} {} is readable by group or others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            meta.permissions().mode() & 0o7777,
-            path.display()
-        )));
+    if let Some(why) = crate::config_check::secret_file_problem(&meta) {
+        return Err(Error::Other(format!("{what} {} {why}", path.display())));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
     let trimmed = bytes.trim_ascii_end().to_vec();
@@ -131,6 +109,7 @@ pub fn secret(cli_key_file: Option<&Path>, file: &FileConfig) -> Result<Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn unknown_key_is_reported_with_line() {
@@ -138,7 +117,7 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "repository = \"/x\"\nrepositry = \"/y\"\n").unwrap();
         let e = FileConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("repositry"), "{e}");
+        assert!(e.contains(":2: repositry: unknown key"), "{e}");
         assert!(FileConfig::load(&dir.path().join("missing")).is_ok());
     }
 

@@ -290,7 +290,7 @@ fn agent_refuses_to_start_on_a_bad_config() {
     std::fs::create_dir(&dir).unwrap();
     for (text, want) in [
         ("[agent]\nnice = 40\n", "agent.nice"),
-        ("[agent]\njitter = \"soon\"\n", "line 2"),
+        ("[agent]\njitter = \"soon\"\n", "c.toml:2"),
         (
             "[agent]\nmetrics_listen = \"192.0.2.1:9469\"\n",
             "not a loopback address",

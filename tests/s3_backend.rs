@@ -177,7 +177,11 @@ fn unknown_sse_mode_in_config_is_a_clear_error() {
     let out = repo.run(&["init"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("AES256") && err.contains("[s3]"), "{err}");
+    // Refused when the config is read, naming file, line and key.
+    assert!(
+        err.contains("AES256") && err.contains("config.toml:2: s3.sse:"),
+        "{err}"
+    );
     assert!(s3.list_keys(&bucket).is_empty());
 }
 

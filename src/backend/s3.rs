@@ -102,6 +102,13 @@ struct Tuning {
 }
 
 impl S3Settings {
+    /// Checks the values without building a client, so a bad `[s3]` table is refused when
+    /// the config file is loaded instead of at the first upload. Each message starts with
+    /// the offending key.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        self.tuning().map(|_| ())
+    }
+
     fn tuning(&self) -> Result<Tuning, BackendError> {
         let bad = |what: String| BackendError::Other(format!("config [s3]: {what}"));
         let count = |v: Option<usize>, name: &str, default: usize| match v {

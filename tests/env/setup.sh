@@ -15,7 +15,10 @@
 set -euo pipefail
 
 # socat and openssl give the S3 tests a real TLS endpoint with a throwaway CA.
-readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux socat openssl curl)
+# systemd (systemd-analyze), man-db, binutils (strip), dpkg-dev (dpkg-shlibdeps) and
+# init-system-helpers serve the packaging test (tests/packaging.rs).
+readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux socat openssl curl
+    systemd man-db binutils dpkg-dev init-system-helpers)
 readonly IMAGE="volguard-test/busybox:latest"
 readonly STATE_DIR="${HOME}/.cache/volguard"
 readonly DOCKERD_LOG="${STATE_DIR}/dockerd.log"
@@ -538,8 +541,34 @@ start_garage() {
 }
 # <<< HOOK: S3 servers <<<
 
+# --- packaging tools --------------------------------------------------------------
+# cargo-deb builds the .deb the packaging test installs (tests/packaging.rs); built once
+# from crates.io into a root under ~/.cache/volguard so later runs and fresh clones on
+# this machine reuse it (a couple of minutes on 2 cores).
+readonly CARGO_TOOLS_ROOT="${STATE_DIR}/cargo-tools"
+readonly CARGO_TOOLS_BUILD_DIR="${STATE_DIR}/cargo-tools-build"
+readonly CARGO_DEB_VERSION="3.8.0"
+
+install_cargo_deb() {
+    local bin="${CARGO_TOOLS_ROOT}/bin/cargo-deb" log_file="${STATE_DIR}/cargo-deb-install.log"
+    if [[ -x "${bin}" ]] && "${bin}" --version 2>/dev/null | grep -q "${CARGO_DEB_VERSION}"; then
+        log "cargo-deb: $("${bin}" --version 2>/dev/null) at ${bin}"
+        return
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo missing: cannot build cargo-deb"
+    log "cargo-deb: building cargo-deb@${CARGO_DEB_VERSION} from crates.io, log: ${log_file}"
+    if ! CARGO_TARGET_DIR="${CARGO_TOOLS_BUILD_DIR}" cargo install --locked \
+        "cargo-deb@${CARGO_DEB_VERSION}" --root "${CARGO_TOOLS_ROOT}" >"${log_file}" 2>&1; then
+        tail -n 40 "${log_file}" >&2 || true
+        die "cargo install cargo-deb@${CARGO_DEB_VERSION} failed (log: ${log_file})"
+    fi
+    [[ -x "${bin}" ]] || die "cargo install cargo-deb left no ${bin}"
+    log "cargo-deb: installed ${bin}"
+}
+
 main() {
     install_packages
+    install_cargo_deb
     start_dockerd
     build_image
     # >>> HOOK: call S3 server starters here (start_seaweedfs; start_garage) <<<
