@@ -108,11 +108,9 @@ struct Loaded {
 }
 
 fn load(g: &Globals) -> Result<Loaded> {
+    // FileConfig::load has validated the [agent] table, naming file, line and key.
     let ctx = Ctx::load(g)?;
     let settings = ctx.file.agent.clone();
-    settings
-        .validate()
-        .map_err(|e| Error::Other(format!("config file {}: {e}", g.config.display())))?;
     let repo = Arc::new(ctx.open()?);
     Ok(Loaded {
         ctx: Arc::new(ctx),
