@@ -1,5 +1,6 @@
-//! With dockerd stopped, `inventory`, `backup` and `layer-diff` still work from the files
-//! alone, and give the answers the running daemon gave.
+//! With dockerd stopped, `inventory`, `backup` (of volumes and of writable layers) and
+//! `layer-diff` still work from the files alone, and give the answers the running daemon
+//! gave.
 //!
 //! The daemon stopped here is a private dockerd this test starts (same binary and flags as
 //! tests/env/setup.sh, plus its own data root, exec root, socket and pid file), never the
@@ -9,163 +10,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use common::dockerdiff::{assert_docker_shape, canonical, parse};
+use common::private_dockerd::PrivateDockerd;
 use common::*;
 use serde_json::Value;
-
-/// Longest wait for the private daemon to answer or to exit, so a broken daemon fails the
-/// test with its log instead of hanging it; not a performance goal.
-const DAEMON_WAIT_SECS: u64 = 120;
-
-struct PrivateDockerd {
-    dir: tempfile::TempDir,
-    /// The running dockerd (setsid execs it in the spawned process), reaped on stop.
-    child: std::cell::RefCell<Option<std::process::Child>>,
-}
-
-impl PrivateDockerd {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("vg-dockerd-")
-            .tempdir()
-            .unwrap();
-        let d = PrivateDockerd {
-            dir,
-            child: Default::default(),
-        };
-        d.launch();
-        d
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn socket(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.dir.path().join("docker.pid")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
-    }
-
-    fn launch(&self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("dockerd.log"))
-            .unwrap();
-        let child = Command::new("setsid")
-            .arg("dockerd")
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .arg("--data-root")
-            .arg(self.root())
-            .arg("--exec-root")
-            .arg(self.dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(self.pid_file())
-            .arg("-H")
-            .arg(self.socket())
-            // Containers are killed at shutdown; no need to wait the default 15 s.
-            .arg("--shutdown-timeout=1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn dockerd");
-        *self.child.borrow_mut() = Some(child);
-        for _ in 0..DAEMON_WAIT_SECS {
-            if self.answers() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
-        panic!(
-            "private dockerd did not answer within {DAEMON_WAIT_SECS}s; log:\n{}",
-            self.log()
-        );
-    }
-
-    fn answers(&self) -> bool {
-        let (code, out, _) = self.status(&["info", "--format", "{{.ServerVersion}}"]);
-        code == 0 && !out.trim().is_empty()
-    }
-
-    fn status(&self, args: &[&str]) -> (i32, String, String) {
-        let sock = self.socket();
-        let mut all = vec!["-H", sock.as_str()];
-        all.extend_from_slice(args);
-        docker_status(&all)
-    }
-
-    fn docker(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.status(args);
-        assert_eq!(code, 0, "docker {args:?} on the private daemon: {err}");
-        out.trim().to_string()
-    }
-
-    /// SIGTERM, then wait until the process has exited (and reap it).
-    fn stop(&self) {
-        let Some(mut child) = self.child.borrow_mut().take() else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        if nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).is_err() {
-            let _ = child.wait();
-            return;
-        }
-        for _ in 0..DAEMON_WAIT_SECS * 10 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        if !std::thread::panicking() {
-            panic!(
-                "private dockerd {pid} did not exit within {DAEMON_WAIT_SECS}s after SIGTERM; killed it"
-            );
-        }
-    }
-}
-
-impl Drop for PrivateDockerd {
-    fn drop(&mut self) {
-        if self.answers() {
-            let ids = self.status(&["ps", "-aq"]).1;
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f", "-v"];
-                args.extend(ids);
-                let _ = self.status(&args);
-            }
-        }
-        self.stop();
-        // Mounts left behind by a daemon that died would make removal fail or reach into
-        // them: unmount whatever is still mounted under the private directories first.
-        let me = self.dir.path().display().to_string();
-        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut points: Vec<&str> = mi
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|p| p.starts_with(&me))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
-}
 
 fn run_code(repo: &TestRepo, root: &Path, args: &[&str]) -> (i32, String, String) {
     let mut c = repo.cmd();
@@ -182,19 +32,7 @@ fn run_code(repo: &TestRepo, root: &Path, args: &[&str]) -> (i32, String, String
 fn inventory_backup_and_layer_diff_work_with_dockerd_stopped() {
     require_docker();
     let daemon = PrivateDockerd::start();
-    // The test image, from the shared daemon.
-    let mut save = Command::new("docker")
-        .args(["save", IMAGE])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let load = Command::new("docker")
-        .args(["-H", &daemon.socket(), "load", "-q"])
-        .stdin(save.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
-    assert!(load.status.success(), "docker load: {load:?}");
+    daemon.load_test_image();
 
     daemon.docker(&["volume", "create", "--label", "vg.test=stopped", "pv"]);
     daemon.docker(&[
@@ -265,6 +103,37 @@ fn inventory_backup_and_layer_diff_work_with_dockerd_stopped() {
     ]);
     assert_eq!(std::fs::read(target.join("f")).unwrap(), b"payload\n");
     assert_eq!(std::fs::read(target.join("d/g")).unwrap(), b"deep\n");
+
+    // The containers' writable layers, with the daemon stopped: c1's (the only one here).
+    let (code, out, err) = run_code(&repo, &root, &["--json", "backup", "--all-writable-layers"]);
+    assert_eq!(code, 0, "backup --all-writable-layers: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["volume"].as_str())
+        .collect();
+    assert_eq!(names, ["container:c1"], "{v:#}");
+    let layer = repo.path().join("layer");
+    repo.run_ok(&[
+        "restore",
+        "container:c1",
+        "--target",
+        layer.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert_eq!(std::fs::read(layer.join("added")).unwrap(), b"x\n");
+    assert_eq!(std::fs::read(layer.join("tmp/new")).unwrap(), b"t\n");
+    let wh = std::fs::symlink_metadata(layer.join("bin/ls")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()),
+        "bin/ls must be a whiteout"
+    );
+    assert_eq!(
+        xattr::get(layer.join("tmp"), "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
 
     // layer-diff: what docker diff said while the daemon ran.
     let (code, out, err) = run_code(&repo, &root, &["layer-diff", "c1"]);

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod dockerdiff;
+pub mod private_dockerd;
 pub mod treecmp;
 
 use std::fs;
