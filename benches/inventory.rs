@@ -15,7 +15,7 @@
 //! `$CARGO_TARGET_TMPDIR/bench-inventory.md`.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::path::Path;

@@ -12,6 +12,7 @@
 //!   - only the container record is written by hand: `containers/<id>/config.v2.json` with
 //!     driver `overlayfs` and the container id as its snapshot key in namespace `moby`, as
 //!     Docker 29 does (from its source, not observed here).
+//!
 //! The reference is `docker diff` of a real overlay2 container that made the same changes.
 
 mod common;
