@@ -212,6 +212,13 @@ pub struct BackupArgs {
     /// Back up every Docker volume.
     #[arg(long, conflicts_with_all = ["volumes", "path"])]
     pub all: bool,
+    /// Back up a container's writable layer (name, id or id prefix; repeatable) as snapshot
+    /// `container:<name>`, whiteouts and opaque directories included.
+    #[arg(long = "container", value_name = "NAME", conflicts_with = "path")]
+    pub containers: Vec<String>,
+    /// Back up the writable layer of every container (as `container:<name>` snapshots).
+    #[arg(long, conflicts_with = "path")]
+    pub all_writable_layers: bool,
     /// Back up any directory instead of a volume (needs --name).
     #[arg(long, requires = "name", conflicts_with = "volumes")]
     pub path: Option<PathBuf>,

@@ -23,7 +23,8 @@ use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
 use crate::volume_diff::{self, Listing};
 use crate::{
-    backup, check, docker, drill, host_restore, import, inventory, layer_diff, prune, restore,
+    backup, check, docker, drill, host_restore, import, inventory, layer_backup, layer_diff,
+    prune, restore,
 };
 
 /// Everything a command needs besides its own arguments.
@@ -265,12 +266,19 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         let names = docker::list_volumes(&ctx.docker_root)?;
         volume_sources(ctx, &names, Some(&mut not_mounted))?
     } else if a.volumes.is_empty() {
-        return Err(Error::Usage(
-            "name volumes to back up, or use --all or --path DIR --name NAME".into(),
-        ));
+        if a.containers.is_empty() && !a.all_writable_layers {
+            return Err(Error::Usage(
+                "name volumes to back up, or use --all, --container NAME, --all-writable-layers or --path DIR --name NAME".into(),
+            ));
+        }
+        Vec::new()
     } else {
         volume_sources(ctx, &a.volumes, None)?
     };
+    let mut sources = sources;
+    let layers = layer_backup::sources(&ctx.docker_root, &a.containers, a.all_writable_layers)
+        .map_err(Error::Other)?;
+    sources.extend(layers.sources);
     let repo = ctx.open()?;
     let (mut index, marked) = load_index_for_write(&repo)?;
     let mut reports = Vec::new();
@@ -295,11 +303,17 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             Ok(r) => reports.push(r),
             // `--all` races with `docker volume rm`: a volume that vanished was not lost.
             Err(Error::Io { source, .. })
-                if a.all && source.kind() == std::io::ErrorKind::NotFound =>
+                if (a.all || a.all_writable_layers)
+                    && source.kind() == std::io::ErrorKind::NotFound =>
             {
+                let what = if src.name.starts_with(layer_backup::SNAPSHOT_PREFIX) {
+                    "container"
+                } else {
+                    "volume"
+                };
                 tracing::warn!(
-                    "volume {} was removed while backing up --all; skipped",
-                    src.name
+                    "{what} {} was removed while it was backed up; skipped",
+                    src.name.trim_start_matches(layer_backup::SNAPSHOT_PREFIX)
                 );
             }
             Err(e) => {
@@ -316,6 +330,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         skipped_volumes.retain(|w| still.contains(w));
     }
     skipped_volumes.extend(not_mounted);
+    skipped_volumes.extend(layers.skipped);
     for w in &skipped_volumes {
         tracing::warn!("{w}");
     }

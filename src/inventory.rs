@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::docker::containers::{self, MountKind};
+use crate::docker::containers::{self, Container, MountKind};
+use crate::docker::layers;
 use crate::docker::volumes::{self, DataMount, Origin};
 
 #[derive(Debug, Serialize)]
@@ -161,7 +162,7 @@ pub fn collect(root: &Path, opts: &Options) -> Inventory {
         .into_iter()
         .map(|c| {
             let writable_layer_bytes = if opts.sizes {
-                writable_layer_bytes(root, &c.id, &c.driver, &mut warnings)
+                writable_layer_bytes(root, &c, &mut warnings)
             } else {
                 None
             };
@@ -206,26 +207,10 @@ fn mount_info(m: containers::Mount) -> MountInfo {
     }
 }
 
-/// overlay2: `image/overlay2/layerdb/mounts/<id>/mount-id` names `overlay2/<mount-id>/diff`.
-fn writable_layer_bytes(
-    root: &Path,
-    id: &str,
-    driver: &str,
-    warnings: &mut Vec<String>,
-) -> Option<u64> {
-    if driver != "overlay2" {
-        return None;
-    }
-    let mid_path = root
-        .join("image/overlay2/layerdb/mounts")
-        .join(id)
-        .join("mount-id");
-    let mount_id = std::fs::read_to_string(&mid_path).ok()?;
-    let mount_id = mount_id.trim();
-    if !crate::docker::valid_volume_name(mount_id) {
-        warnings.push(format!("{}: unexpected content", mid_path.display()));
-        return None;
-    }
-    let diff = root.join("overlay2").join(mount_id).join("diff");
-    diff.is_dir().then(|| volumes::tree_size(&diff, warnings).0)
+/// Bytes in the container's writable layer (overlay upper directory), either layout. A layer
+/// that cannot be located stays unknown (null) without a warning: containers being created
+/// or removed pass through that state, and layer-diff names the reason when asked.
+fn writable_layer_bytes(root: &Path, c: &Container, warnings: &mut Vec<String>) -> Option<u64> {
+    let (_, layer) = layers::writable_layer(root, c).ok()?;
+    Some(volumes::tree_size(&layer.upper, warnings).0)
 }

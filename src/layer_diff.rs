@@ -139,16 +139,7 @@ pub fn find_container(root: &Path, wanted: &str) -> Result<(Container, Vec<Strin
 
 /// The changes of `container`'s writable layer against its image.
 pub fn diff_container(root: &Path, c: &Container) -> Result<Report, String> {
-    let storage = layers::storage_of(c)?;
-    if storage == Storage::ContainerdSnapshotter {
-        return Err(format!(
-            "container {} ({}) uses the containerd snapshotter (driver \"overlayfs\", Docker Engine 29 default); layer-diff reads overlay2 graphdriver layers only so far. Use `docker diff {}` while dockerd runs",
-            c.name,
-            layers::short(&c.id),
-            c.name
-        ));
-    }
-    let layer = layers::overlay2_layer(root, &c.id)?;
+    let (storage, layer) = layers::writable_layer(root, c)?;
     let mut d = Differ {
         lowers: layer.lowers.clone(),
         changes: Vec::new(),

@@ -23,6 +23,7 @@ pub mod import;
 pub mod index;
 pub mod inflight;
 pub mod inventory;
+pub mod layer_backup;
 pub mod layer_diff;
 pub mod pack;
 pub mod prune;

@@ -1,5 +1,6 @@
-//! With dockerd stopped, `inventory`, `backup` and `layer-diff` still work from the files
-//! alone, and give the answers the running daemon gave.
+//! With dockerd stopped, `inventory`, `backup` (of volumes and of writable layers) and
+//! `layer-diff` still work from the files alone, and give the answers the running daemon
+//! gave.
 //!
 //! The daemon stopped here is a private dockerd this test starts ([`PrivateDockerd`]), never
 //! the shared test daemon.
@@ -99,6 +100,37 @@ fn inventory_backup_and_layer_diff_work_with_dockerd_stopped() {
     ]);
     assert_eq!(std::fs::read(target.join("f")).unwrap(), b"payload\n");
     assert_eq!(std::fs::read(target.join("d/g")).unwrap(), b"deep\n");
+
+    // The containers' writable layers, with the daemon stopped: c1's (the only one here).
+    let (code, out, err) = run_code(&repo, &root, &["--json", "backup", "--all-writable-layers"]);
+    assert_eq!(code, 0, "backup --all-writable-layers: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["volume"].as_str())
+        .collect();
+    assert_eq!(names, ["container:c1"], "{v:#}");
+    let layer = repo.path().join("layer");
+    repo.run_ok(&[
+        "restore",
+        "container:c1",
+        "--target",
+        layer.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert_eq!(std::fs::read(layer.join("added")).unwrap(), b"x\n");
+    assert_eq!(std::fs::read(layer.join("tmp/new")).unwrap(), b"t\n");
+    let wh = std::fs::symlink_metadata(layer.join("bin/ls")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()),
+        "bin/ls must be a whiteout"
+    );
+    assert_eq!(
+        xattr::get(layer.join("tmp"), "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
 
     // layer-diff: what docker diff said while the daemon ran.
     let (code, out, err) = run_code(&repo, &root, &["layer-diff", "c1"]);

@@ -3,8 +3,9 @@
 # (`bash tests/run.sh [extra cargo test args]`). Integration tests need a real
 # dockerd and a test image, so it first prepares the environment
 # (tests/env/setup.sh, idempotent), then builds and runs the whole suite:
-# lib unit tests, integration tests under tests/, doc tests. Benches are
-# on-demand (`cargo bench`) and deliberately not built here.
+# lib unit tests, integration tests under tests/, doc tests, then the fuzz
+# targets for a bounded time (tests/fuzz/run.sh). Benches are on-demand
+# (`cargo bench`) and deliberately not built here.
 #
 # Extra arguments go to `cargo test`; those before a `--` also go to the build
 # phase, e.g. `bash tests/run.sh --test env_smoke -- --nocapture`.
@@ -40,5 +41,12 @@ cargo test --release --no-run "${build_args[@]}"
 
 phase "3/3" "test: cargo test --release${*:+ $*}"
 cargo test --release "$@"
+
+# Fuzz targets (tests/fuzz) for a bounded time each: on a whole-suite run (no arguments), or
+# whenever VOLGUARD_FUZZ_SECS is set; VOLGUARD_FUZZ_SECS=0 skips them.
+if [[ $# -eq 0 || -n "${VOLGUARD_FUZZ_SECS:-}" ]] && [[ "${VOLGUARD_FUZZ_SECS:-40}" != 0 ]]; then
+    phase "fuzz" "tests/fuzz/run.sh (${VOLGUARD_FUZZ_SECS:-40}s per target)"
+    bash "${REPO_ROOT}/tests/fuzz/run.sh" "${VOLGUARD_FUZZ_SECS:-40}"
+fi
 
 phase "done" "all tests passed in $((SECONDS - start))s"

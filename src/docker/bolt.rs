@@ -207,28 +207,51 @@ impl Db {
 
     /// The entries of the top-level bucket named `name`, or None when there is no such bucket.
     pub fn bucket(&self, name: &[u8]) -> Result<Option<Vec<Entry>>> {
-        let top = self.entries(Node::Page(self.meta.root), 0)?;
-        let Some(e) = top.into_iter().find(|e| e.key == name) else {
-            return Ok(None);
-        };
+        self.bucket_path(&[name])
+    }
+
+    /// The entries of the bucket reached through nested buckets `path` (e.g. `[b"v1",
+    /// b"snapshots"]`), or None when one of them is missing.
+    pub fn bucket_path(&self, path: &[&[u8]]) -> Result<Option<Vec<Entry>>> {
+        let mut entries = self.entries(Node::Page(self.meta.root), 0)?;
+        for (depth, name) in path.iter().enumerate() {
+            let Some(e) = entries.into_iter().find(|e| e.key == *name) else {
+                return Ok(None);
+            };
+            if !e.bucket {
+                return corrupt(format!(
+                    "key {:?} is not a bucket",
+                    String::from_utf8_lossy(name)
+                ));
+            }
+            entries = self.open_bucket(&e, depth + 1)?;
+        }
+        Ok(Some(entries))
+    }
+
+    /// The entries of nested bucket `e` (an entry with `bucket` set).
+    pub fn sub_bucket(&self, e: &Entry) -> Result<Vec<Entry>> {
         if !e.bucket {
             return corrupt(format!(
-                "top-level key {:?} is not a bucket",
-                String::from_utf8_lossy(name)
+                "key {:?} is not a bucket",
+                String::from_utf8_lossy(&e.key)
             ));
         }
+        self.open_bucket(e, 1)
+    }
+
+    fn open_bucket(&self, e: &Entry, depth: usize) -> Result<Vec<Entry>> {
         let header = &e.value;
         let root = u64_at(header, 0).map_or_else(|| corrupt("bucket header too short"), Ok)?;
-        let entries = if root == 0 {
-            // Inline bucket: borrow from `e.value`, so collect before it is dropped.
+        if root == 0 {
+            // Inline bucket: the page follows the header inside the parent's value.
             let inline = header
                 .get(BUCKET_HEADER..)
                 .map_or_else(|| corrupt("inline bucket without a page"), Ok)?;
-            self.entries(Node::Inline(inline), 1)?
+            self.entries(Node::Inline(inline), depth)
         } else {
-            self.entries(Node::Page(root), 1)?
-        };
-        Ok(Some(entries))
+            self.entries(Node::Page(root), depth)
+        }
     }
 
     /// Bytes of page `id` including its overflow pages.
@@ -479,6 +502,16 @@ mod tests {
 
     fn good() -> Vec<u8> {
         sample(&[(b"a", 5), (b"c", 6)])
+    }
+
+    /// Writes the hand-built file of these tests as a fuzz seed (branch page, overflow page,
+    /// inline bucket): `VOLGUARD_FUZZ_SEEDS=tests/fuzz/seeds/bolt_reader cargo test --lib
+    /// write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes seed files; run by hand when the format of the hand-built file changes"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::PathBuf::from(std::env::var("VOLGUARD_FUZZ_SEEDS").unwrap());
+        std::fs::write(dir.join("handbuilt-branch-overflow-inline.db"), good()).unwrap();
     }
 
     #[test]

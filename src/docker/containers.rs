@@ -126,13 +126,48 @@ pub fn pid_alive(pid: i64) -> bool {
 pub fn read_container(root: &Path, dir: &Path) -> Result<(Container, Option<String>), String> {
     let cfg_path = dir.join("config.v2.json");
     let bytes = std::fs::read(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    let cfg: ConfigV2 = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{}: malformed ({e})", cfg_path.display()))?;
     let dir_id = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let id = if cfg.id.is_empty() { dir_id } else { cfg.id };
+    // hostconfig.json is optional; `--tmpfs` mounts only appear there.
+    let hc_path = dir.join("hostconfig.json");
+    let (hostconfig, read_warning) = match std::fs::read(&hc_path) {
+        Ok(b) => (Some(b), None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+        Err(e) => (None, Some(format!("{}: {e}", hc_path.display()))),
+    };
+    let (c, warning) = parse_container(
+        root,
+        &dir_id,
+        &cfg_path,
+        &bytes,
+        hostconfig.as_deref().map(|b| (hc_path.as_path(), b)),
+    )?;
+    let warning = warning.or(read_warning.map(|w| format!("{w}; {HOSTCONFIG_UNUSED}")));
+    Ok((c, warning))
+}
+
+const HOSTCONFIG_UNUSED: &str = "tmpfs mounts declared there are not listed";
+
+/// One container from the bytes of its config.v2.json and, when there is one, its
+/// hostconfig.json (with the paths they came from, for messages). Garbage is an error
+/// (config) or a warning (hostconfig), never a panic; the fuzz target `container_config`
+/// checks that.
+pub fn parse_container(
+    root: &Path,
+    dir_id: &str,
+    cfg_path: &Path,
+    config_json: &[u8],
+    hostconfig: Option<(&Path, &[u8])>,
+) -> Result<(Container, Option<String>), String> {
+    let cfg: ConfigV2 = serde_json::from_slice(config_json)
+        .map_err(|e| format!("{}: malformed ({e})", cfg_path.display()))?;
+    let id = if cfg.id.is_empty() {
+        dir_id.to_string()
+    } else {
+        cfg.id
+    };
     let config = cfg.config.unwrap_or_default();
     let mut mounts: Vec<Mount> = cfg
         .mount_points
@@ -168,11 +203,9 @@ pub fn read_container(root: &Path, dir: &Path) -> Result<(Container, Option<Stri
             }
         })
         .collect();
-    // hostconfig.json is optional; `--tmpfs` mounts only appear there.
-    let hc_path = dir.join("hostconfig.json");
     let mut warning = None;
-    match std::fs::read(&hc_path) {
-        Ok(b) => match serde_json::from_slice::<HostConfig>(&b) {
+    if let Some((hc_path, b)) = hostconfig {
+        match serde_json::from_slice::<HostConfig>(b) {
             Ok(hc) => {
                 for (dest, opts) in hc.tmpfs.unwrap_or_default() {
                     if mounts.iter().all(|m| m.destination != dest) {
@@ -196,12 +229,14 @@ pub fn read_container(root: &Path, dir: &Path) -> Result<(Container, Option<Stri
                     }
                 }
             }
-            Err(e) => warning = Some(format!("{}: malformed ({e})", hc_path.display())),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warning = Some(format!("{}: {e}", hc_path.display())),
+            Err(e) => {
+                warning = Some(format!(
+                    "{}: malformed ({e}); {HOSTCONFIG_UNUSED}",
+                    hc_path.display()
+                ))
+            }
+        }
     }
-    let warning = warning.map(|w| format!("{w}; tmpfs mounts declared there are not listed"));
     mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
     let c = Container {
         id,
@@ -212,7 +247,7 @@ pub fn read_container(root: &Path, dir: &Path) -> Result<(Container, Option<Stri
         pid: cfg.state.pid,
         driver: cfg.driver,
         mounts,
-        config_path: cfg_path.clone(),
+        config_path: cfg_path.to_path_buf(),
     };
     Ok((c, warning))
 }

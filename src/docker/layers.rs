@@ -1,7 +1,10 @@
 //! Where a container's writable layer and its image layers are on disk, per storage layout
 //! (DESIGN §4): the overlay2 graphdriver (`overlay2/<mount-id>/diff` plus `lower` links) or
-//! the containerd snapshotter, which is detected and named but not read yet.
+//! the containerd snapshotter (Docker Engine 29's default: `snapshots/<id>/fs` directories
+//! of containerd's overlayfs snapshotter, found through its own bbolt `metadata.db`). Both
+//! are overlayfs upper and lower directories in the end, read the same way.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::containers::Container;
@@ -16,14 +19,25 @@ pub enum Storage {
     ContainerdSnapshotter,
 }
 
-/// A container's writable layer on the overlay2 graphdriver.
+/// A container's writable layer: overlayfs upper and lower directories, in either layout.
 #[derive(Debug, Clone)]
 pub struct Overlay2Layer {
-    /// `overlay2/<mount-id>/diff`: the overlayfs upper directory.
+    /// The overlayfs upper directory: `overlay2/<mount-id>/diff` (graphdriver) or
+    /// `snapshots/<id>/fs` (containerd snapshotter).
     pub upper: PathBuf,
     /// The lower directories, nearest first (the container's init layer, then the image
     /// layers from the top down).
     pub lowers: Vec<PathBuf>,
+}
+
+/// The container's writable layer in whichever layout its record names.
+pub fn writable_layer(root: &Path, c: &Container) -> Result<(Storage, Overlay2Layer), String> {
+    let storage = storage_of(c)?;
+    let layer = match storage {
+        Storage::Overlay2 => overlay2_layer(root, &c.id)?,
+        Storage::ContainerdSnapshotter => containerd_layer(root, &c.id)?,
+    };
+    Ok((storage, layer))
 }
 
 /// Longest `lower` file accepted: 128 layers of `l/` + 26 characters, with room to spare.
@@ -42,7 +56,7 @@ pub fn storage_of(c: &Container) -> Result<Storage, String> {
             c.config_path.display()
         )),
         other => Err(format!(
-            "container {} ({}): {} names storage driver {other:?}, which volguard cannot read; it reads overlay2 (graphdriver) layers and recognises the containerd snapshotter (\"overlayfs\"). Use `docker diff` while dockerd runs",
+            "container {} ({}): {} names storage driver {other:?}, which volguard cannot read; it reads overlay2 (graphdriver) layers and the containerd snapshotter's (\"overlayfs\"). Use `docker diff` while dockerd runs",
             c.name,
             short(&c.id),
             c.config_path.display()
@@ -147,9 +161,164 @@ fn parse_lower(root: &Path, text: &str) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// containerd's overlayfs snapshotter directory: the containerd dockerd runs itself keeps it
+/// under the data root; a system containerd (packaged Docker Engine) under /var/lib/containerd,
+/// which is only looked at for the default data root: a copied data root (`--docker-root`)
+/// must not be paired with this host's containerd.
+pub fn snapshotter_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.join("containerd/daemon/io.containerd.snapshotter.v1.overlayfs")];
+    if root == Path::new(super::DEFAULT_ROOT) {
+        dirs.push(PathBuf::from(
+            "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
+        ));
+    }
+    dirs
+}
+
+/// Longest parent chain followed (images have at most 127 layers, plus the init layer).
+const MAX_SNAPSHOT_CHAIN: usize = 256;
+
+/// One snapshot of the snapshotter's `metadata.db` (bucket `v1/snapshots/<key>`).
+#[derive(Debug, Clone)]
+struct SnapshotRecord {
+    id: u64,
+    parent: Option<String>,
+}
+
+/// Go's `binary.Uvarint`; None for an empty, unterminated or overlong number.
+fn uvarint(b: &[u8]) -> Option<u64> {
+    let mut x: u64 = 0;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        let part = u64::from(byte & 0x7f);
+        if i == 9 && byte > 1 {
+            return None;
+        }
+        x |= part << (7 * i);
+        if byte < 0x80 {
+            return Some(x);
+        }
+    }
+    None
+}
+
+/// Every snapshot in the snapshotter's metadata.db, by key (`<namespace>/<n>/<name>`).
+fn read_snapshots(db_path: &Path) -> Result<HashMap<String, SnapshotRecord>, String> {
+    let db = super::bolt::Db::open(db_path).map_err(|e| format!("{}: {e}", db_path.display()))?;
+    let entries = db
+        .bucket_path(&[b"v1", b"snapshots"])
+        .map_err(|e| format!("{}: {e}", db_path.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{}: no bucket v1/snapshots; not a containerd snapshotter database",
+                db_path.display()
+            )
+        })?;
+    let mut out = HashMap::new();
+    for e in entries {
+        let key = String::from_utf8_lossy(&e.key).into_owned();
+        let fields = db
+            .sub_bucket(&e)
+            .map_err(|err| format!("{}: snapshot {key:?}: {err}", db_path.display()))?;
+        let field = |name: &[u8]| fields.iter().find(|f| f.key == name && !f.bucket);
+        let Some(id) = field(b"id").and_then(|f| uvarint(&f.value)) else {
+            return Err(format!(
+                "{}: snapshot {key:?} has no readable id",
+                db_path.display()
+            ));
+        };
+        let parent = field(b"parent").map(|f| String::from_utf8_lossy(&f.value).into_owned());
+        out.insert(key, SnapshotRecord { id, parent });
+    }
+    Ok(out)
+}
+
+/// Finds container `id`'s snapshot (key `<namespace>/<n>/<id>`, namespace `moby` preferred)
+/// and its parents in the containerd snapshotter, and returns their `fs` directories.
+pub fn containerd_layer(root: &Path, id: &str) -> Result<Overlay2Layer, String> {
+    if !plain_component(id) {
+        return Err(format!("container id {id:?} is not a plain name"));
+    }
+    let candidates = snapshotter_dirs(root);
+    let Some(dir) = candidates
+        .iter()
+        .find(|d| d.join("metadata.db").is_file())
+        .cloned()
+    else {
+        return Err(format!(
+            "container {} uses the containerd snapshotter, but no snapshotter database was found (looked for {}); was the data root copied completely?",
+            short(id),
+            candidates
+                .iter()
+                .map(|d| d.join("metadata.db").display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    };
+    let db_path = dir.join("metadata.db");
+    let snaps = read_snapshots(&db_path)?;
+    let name_of = |key: &str| key.splitn(3, '/').nth(2).map(str::to_string);
+    let mut mine: Vec<&String> = snaps
+        .keys()
+        .filter(|k| name_of(k).as_deref() == Some(id))
+        .collect();
+    mine.sort_by_key(|k| !k.starts_with("moby/"));
+    let key = match mine.as_slice() {
+        [] => {
+            return Err(format!(
+                "{}: no snapshot for container {}; its writable layer is not registered",
+                db_path.display(),
+                short(id)
+            ));
+        }
+        [one, ..] => (*one).clone(),
+    };
+    let fs_of = |snap_id: u64| dir.join("snapshots").join(snap_id.to_string()).join("fs");
+    let upper = fs_of(snaps[&key].id);
+    if !upper.is_dir() {
+        return Err(format!(
+            "{}: missing; the writable layer named by {} is gone",
+            upper.display(),
+            db_path.display()
+        ));
+    }
+    let mut lowers = Vec::new();
+    let mut seen = std::collections::HashSet::from([key.clone()]);
+    let mut next = snaps[&key].parent.clone();
+    while let Some(p) = next.filter(|p| !p.is_empty()) {
+        if !seen.insert(p.clone()) || lowers.len() >= MAX_SNAPSHOT_CHAIN {
+            return Err(format!(
+                "{}: the parents of {key:?} loop or run longer than {MAX_SNAPSHOT_CHAIN}",
+                db_path.display()
+            ));
+        }
+        let rec = snaps.get(&p).ok_or_else(|| {
+            format!(
+                "{}: snapshot {p:?}, a parent of {key:?}, is missing",
+                db_path.display()
+            )
+        })?;
+        lowers.push(fs_of(rec.id));
+        next = rec.parent.clone();
+    }
+    Ok(Overlay2Layer { upper, lowers })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uvarints_decode_like_go() {
+        assert_eq!(uvarint(&[0x05]), Some(5));
+        assert_eq!(uvarint(&[0xac, 0x02]), Some(300));
+        assert_eq!(
+            uvarint(&[0xff; 9].iter().copied().chain([1]).collect::<Vec<_>>()),
+            Some(u64::MAX)
+        );
+        assert_eq!(uvarint(&[]), None);
+        assert_eq!(uvarint(&[0x80]), None);
+        assert_eq!(uvarint(&[0xff; 10]), None);
+    }
 
     #[test]
     fn lower_links_resolve_inside_the_root_only() {

@@ -7,7 +7,10 @@ pub mod api;
 pub mod bolt;
 pub mod containers;
 pub mod layers;
+mod names;
 pub mod volumes;
+
+pub use names::{DEFAULT_ROOT, valid_volume_name, volume_dir};
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +18,6 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-pub const DEFAULT_ROOT: &str = "/var/lib/docker";
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 
 /// `--docker-root`, else `data-root` from daemon.json, else the default.
@@ -33,17 +35,6 @@ pub fn data_root(explicit: Option<&Path>) -> PathBuf {
         .and_then(|b| serde_json::from_slice::<Daemon>(&b).ok())
         .and_then(|d| d.data_root)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
-}
-
-/// Docker's own rule for volume names; also guarantees a name is one safe path component.
-pub fn valid_volume_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-pub fn volume_dir(root: &Path, name: &str) -> PathBuf {
-    root.join("volumes").join(name)
 }
 
 /// Volumes that have a `_data` directory, sorted by name.

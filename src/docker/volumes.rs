@@ -51,45 +51,11 @@ pub fn read_volumes(root: &Path) -> (Vec<VolumeRecord>, Vec<String>) {
     let mut warnings = Vec::new();
     let mut out: BTreeMap<String, VolumeRecord> = BTreeMap::new();
     let db_path = root.join("volumes").join("metadata.db");
-    match bolt::Db::open(&db_path).and_then(|db| db.bucket(b"volumes")) {
-        Ok(Some(entries)) => {
-            for e in entries {
-                let key = String::from_utf8_lossy(&e.key).into_owned();
-                if e.bucket {
-                    warnings.push(format!(
-                        "{}: volume {key:?} is a bucket, not a record; skipped",
-                        db_path.display()
-                    ));
-                    continue;
-                }
-                match serde_json::from_slice::<DbVolume>(&e.value) {
-                    Ok(v) => {
-                        let name = if v.name.is_empty() { key.clone() } else { v.name };
-                        out.insert(
-                            name.clone(),
-                            VolumeRecord {
-                                name,
-                                driver: v.driver,
-                                labels: v.labels.unwrap_or_default(),
-                                options: v.options.unwrap_or_default(),
-                                origin: Origin::MetadataDb,
-                            },
-                        );
-                    }
-                    Err(err) => warnings.push(format!(
-                        "{}: volume {key:?} has a malformed record ({err}); skipped",
-                        db_path.display()
-                    )),
-                }
-            }
-        }
-        Ok(None) => {}
+    match bolt::Db::open(&db_path) {
+        Ok(db) => records_from_db(&db, &db_path, &mut out, &mut warnings),
         Err(bolt::BoltError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => warnings.push(format!(
-            "{}: {err}; volumes are listed from their directories only (driver, labels and options unknown)",
-            db_path.display()
-        )),
+        Err(err) => warnings.push(db_warning(&db_path, &err)),
     }
     if let Ok(rd) = std::fs::read_dir(root.join("volumes")) {
         for ent in rd.flatten() {
@@ -113,6 +79,76 @@ pub fn read_volumes(root: &Path) -> (Vec<VolumeRecord>, Vec<String>) {
         }
     }
     (out.into_values().collect(), warnings)
+}
+
+fn db_warning(db_path: &Path, err: &bolt::BoltError) -> String {
+    format!(
+        "{}: {err}; volumes are listed from their directories only (driver, labels and options unknown)",
+        db_path.display()
+    )
+}
+
+/// The volume records of a metadata.db already read into memory (`db_path` only names it
+/// in warnings). The fuzz target `bolt_reader` drives the reader through this.
+pub fn volumes_from_db_bytes(data: Vec<u8>, db_path: &Path) -> (Vec<VolumeRecord>, Vec<String>) {
+    let mut out = BTreeMap::new();
+    let mut warnings = Vec::new();
+    match bolt::Db::parse(data) {
+        Ok(db) => records_from_db(&db, db_path, &mut out, &mut warnings),
+        Err(err) => warnings.push(db_warning(db_path, &err)),
+    }
+    (out.into_values().collect(), warnings)
+}
+
+/// Bucket `volumes`: name → JSON `{Name, Driver, Labels, Options}`. A malformed record is a
+/// warning; the others are kept.
+fn records_from_db(
+    db: &bolt::Db,
+    db_path: &Path,
+    out: &mut BTreeMap<String, VolumeRecord>,
+    warnings: &mut Vec<String>,
+) {
+    let entries = match db.bucket(b"volumes") {
+        Ok(Some(entries)) => entries,
+        Ok(None) => return,
+        Err(err) => {
+            warnings.push(db_warning(db_path, &err));
+            return;
+        }
+    };
+    for e in entries {
+        let key = String::from_utf8_lossy(&e.key).into_owned();
+        if e.bucket {
+            warnings.push(format!(
+                "{}: volume {key:?} is a bucket, not a record; skipped",
+                db_path.display()
+            ));
+            continue;
+        }
+        match serde_json::from_slice::<DbVolume>(&e.value) {
+            Ok(v) => {
+                let name = if v.name.is_empty() {
+                    key.clone()
+                } else {
+                    v.name
+                };
+                out.insert(
+                    name.clone(),
+                    VolumeRecord {
+                        name,
+                        driver: v.driver,
+                        labels: v.labels.unwrap_or_default(),
+                        options: v.options.unwrap_or_default(),
+                        origin: Origin::MetadataDb,
+                    },
+                );
+            }
+            Err(err) => warnings.push(format!(
+                "{}: volume {key:?} has a malformed record ({err}); skipped",
+                db_path.display()
+            )),
+        }
+    }
 }
 
 /// What `volumes/<name>/opts.json` and the filesystem say about `_data` being a mountpoint.

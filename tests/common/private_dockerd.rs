@@ -1,8 +1,9 @@
-//! A private dockerd for tests that stop, restart or wipe a daemon: same binary and flags
-//! as tests/env/setup.sh, plus its own data root, exec root, socket and pid file. Never
-//! the shared test daemon: other test binaries, and other checkouts on this machine, use
-//! that one at any time, and stopping it under them would fail their tests for no fault
-//! of theirs. Dropping it stops the daemon and removes its files, also when a test fails.
+//! A private dockerd for tests that must stop, restart or load a daemon: the same binary
+//! and flags as tests/env/setup.sh, plus its own data root, exec root, socket and pid file.
+//! The shared test daemon is never stopped: other test binaries, and other checkouts on this
+//! machine, use it at any time, and stopping it under them would fail their tests for no
+//! fault of theirs. Dropping the value removes the daemon's containers, stops it and
+//! unmounts what it left mounted, also when the test fails.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -11,7 +12,7 @@ use super::{IMAGE, docker_status};
 
 /// Longest wait for the private daemon to answer or to exit, so a broken daemon fails the
 /// test with its log instead of hanging it; not a performance goal.
-const DAEMON_WAIT_SECS: u64 = 120;
+pub const DAEMON_WAIT_SECS: u64 = 120;
 
 pub struct PrivateDockerd {
     dir: tempfile::TempDir,
@@ -39,6 +40,11 @@ impl PrivateDockerd {
 
     pub fn socket(&self) -> String {
         format!("unix://{}", self.dir.path().join("docker.sock").display())
+    }
+
+    /// The socket of the containerd this dockerd started (under its exec root), for `ctr -a`.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.dir.path().join("exec/containerd/containerd.sock")
     }
 
     pub fn pid_file(&self) -> PathBuf {
@@ -104,6 +110,23 @@ impl PrivateDockerd {
         out.trim().to_string()
     }
 
+    /// Copies the test image from the shared daemon (`docker save | docker load`), since no
+    /// registry is reachable.
+    pub fn load_test_image(&self) {
+        let mut save = Command::new("docker")
+            .args(["save", IMAGE])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let load = Command::new("docker")
+            .args(["-H", &self.socket(), "load", "-q"])
+            .stdin(save.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
+        assert!(load.status.success(), "docker load: {load:?}");
+    }
+
     /// SIGTERM, then wait until the process has exited (and reap it).
     pub fn stop(&self) {
         let Some(mut child) = self.child.borrow_mut().take() else {
@@ -156,23 +179,5 @@ impl Drop for PrivateDockerd {
                 let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-    }
-}
-
-impl PrivateDockerd {
-    /// Loads the test image from the shared daemon (`docker save | docker load`).
-    pub fn load_test_image(&self) {
-        let mut save = Command::new("docker")
-            .args(["save", IMAGE])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let load = Command::new("docker")
-            .args(["-H", &self.socket(), "load", "-q"])
-            .stdin(save.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
-        assert!(load.status.success(), "docker load: {load:?}");
     }
 }

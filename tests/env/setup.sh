@@ -566,6 +566,29 @@ install_cargo_deb() {
     log "cargo-deb: installed ${bin}"
 }
 
+# --- 5. cargo-fuzz (tests/fuzz/run.sh) ---------------------------------------------
+# From crates.io, built once into ~/.cache/volguard/cargo-fuzz and reused (about 2 minutes).
+readonly CARGO_FUZZ_VERSION="0.13.2"
+readonly CARGO_FUZZ_ROOT="${STATE_DIR}/cargo-fuzz"
+readonly CARGO_FUZZ_LOG="${STATE_DIR}/cargo-fuzz-install.log"
+
+install_cargo_fuzz() {
+    local bin="${CARGO_FUZZ_ROOT}/bin/cargo-fuzz"
+    if [[ -x "${bin}" ]] && "${bin}" --version 2>/dev/null | grep -q " ${CARGO_FUZZ_VERSION}\$"; then
+        log "cargo-fuzz: $("${bin}" --version) at ${bin}"
+        return
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo missing: cannot build cargo-fuzz"
+    log "cargo-fuzz: building cargo-fuzz@${CARGO_FUZZ_VERSION} from crates.io, log: ${CARGO_FUZZ_LOG}"
+    if ! CARGO_TARGET_DIR="${STATE_DIR}/cargo-fuzz-build" cargo install --locked --force \
+        --root "${CARGO_FUZZ_ROOT}" "cargo-fuzz@${CARGO_FUZZ_VERSION}" >"${CARGO_FUZZ_LOG}" 2>&1; then
+        tail -n 30 "${CARGO_FUZZ_LOG}" >&2 || true
+        die "cargo install cargo-fuzz@${CARGO_FUZZ_VERSION} failed (log: ${CARGO_FUZZ_LOG})"
+    fi
+    [[ -x "${bin}" ]] || die "cargo install cargo-fuzz left no ${bin}"
+    log "cargo-fuzz: installed ${bin}"
+}
+
 main() {
     install_packages
     install_cargo_deb
@@ -574,6 +597,7 @@ main() {
     # >>> HOOK: call S3 server starters here (start_seaweedfs; start_garage) <<<
     start_seaweedfs
     start_garage
+    install_cargo_fuzz
     log "environment ready"
 }
 
