@@ -70,6 +70,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
         Command::Diff(a) => diff_cmd(&ctx, &a),
         Command::Verify(a) => verify_cmd(&ctx, &a),
+        Command::Watch(a) => {
+            crate::watch::command::watch(&ctx.docker_root, &ctx.file.watch, ctx.json, &a)
+        }
+        Command::Events(a) => crate::watch::command::events(&ctx.file.watch, ctx.json, &a),
     }
 }
 

@@ -46,6 +46,10 @@ pub struct FileConfig {
     /// standard AWS sources.
     #[serde(default)]
     pub s3: crate::backend::s3::S3Settings,
+    /// `volguard watch` settings (`[watch]` table): webhook, command hook, allow rules,
+    /// rate limit, event log size.
+    #[serde(default)]
+    pub watch: crate::watch::alerts::WatchSettings,
 }
 
 impl FileConfig {

@@ -27,3 +27,4 @@ pub mod restore;
 pub mod snapshot;
 pub mod tree;
 pub mod volume_diff;
+pub mod watch;
