@@ -29,7 +29,10 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("run docker");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
     assert!(out.status.success(), "docker {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -52,7 +55,6 @@ impl Drop for Cleanup {
 
 struct Watcher {
     child: Child,
-    stdout_lines: Arc<AtomicU64>,
     volume_lines: Arc<AtomicU64>,
     lost: Arc<AtomicBool>,
     stderr: Arc<Mutex<String>>,
@@ -71,16 +73,14 @@ impl Watcher {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start volguard watch");
-        let stdout_lines = Arc::new(AtomicU64::new(0));
         let volume_lines = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(AtomicBool::new(false));
         let out = child.stdout.take().expect("stdout");
-        let (l, vl) = (stdout_lines.clone(), volume_lines.clone());
+        let vl = volume_lines.clone();
         let needle = format!("\"volume\":\"{volume}\"");
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                l.fetch_add(1, Ordering::Relaxed);
                 if line.contains(&needle) {
                     vl.fetch_add(1, Ordering::Relaxed);
                 }
@@ -104,14 +104,18 @@ impl Watcher {
         });
         let w = Watcher {
             child,
-            stdout_lines,
             volume_lines,
             lost,
             stderr,
             log: state.join("events.jsonl"),
         };
         let t = Instant::now();
-        while !w.stderr.lock().expect("lock").contains("volguard watch: watching") {
+        while !w
+            .stderr
+            .lock()
+            .expect("lock")
+            .contains("volguard watch: watching")
+        {
             assert!(t.elapsed() < Duration::from_secs(60), "watch not ready");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -120,11 +124,12 @@ impl Watcher {
 
     /// utime + stime of the watcher, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("read stat");
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("read stat");
         let rest = &stat[stat.rfind(')').expect("stat") + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         ticks as f64 / hz
@@ -190,7 +195,7 @@ fn main() {
         while t0.elapsed() < Duration::from_secs(5) {
             let mut chunk = String::new();
             log.seek(SeekFrom::Start(offset)).expect("seek");
-            let n = (&mut log).read_to_string(&mut chunk).unwrap_or(0);
+            let n = log.read_to_string(&mut chunk).unwrap_or(0);
             offset += n as u64;
             pending.push_str(&chunk);
             if pending.contains(&needle) {
@@ -282,12 +287,16 @@ fn main() {
         "i=0; while true; do echo $i >> /data/busy; i=$((i+1)); usleep 1000; done",
     ]);
     std::thread::sleep(Duration::from_secs(2));
-    let size0 = std::fs::metadata(data.join("busy")).map(|m| m.len()).unwrap_or(0);
+    let size0 = std::fs::metadata(data.join("busy"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     let c0 = w.cpu_seconds();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(cpu_secs));
     let busy_pct = (w.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
-    let size1 = std::fs::metadata(data.join("busy")).map(|m| m.len()).unwrap_or(0);
+    let size1 = std::fs::metadata(data.join("busy"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     // Lines are the counter plus a newline: count them by reading the file's tail.
     let text = std::fs::read_to_string(data.join("busy")).unwrap_or_default();
     let lines_total = text.lines().count() as f64;
@@ -300,8 +309,7 @@ fn main() {
     let stderr_tail: String = {
         let s = w.stderr.lock().expect("lock");
         s.lines()
-            .filter(|l| l.contains("watch stats"))
-            .last()
+            .rfind(|l| l.contains("watch stats"))
             .unwrap_or("")
             .to_string()
     };
@@ -332,10 +340,8 @@ fn main() {
     if !stderr_tail.is_empty() {
         println!("last watcher stats: {stderr_tail}");
     }
-    let out = PathBuf::from(
-        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
-    )
-    .join("bench-watch.md");
+    let out = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+        .join("bench-watch.md");
     let _ = std::fs::write(&out, &md);
     println!("written to {}", out.display());
 }

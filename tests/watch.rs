@@ -266,7 +266,13 @@ fn host_processes_each_warn_once_with_the_right_process_in_every_sink() {
         std::fs::write(data.join(f), "seed\n").unwrap();
     }
     let hook = start_hook();
-    let mut w = Watcher::start(&config_with_hook(&hook), &[]);
+    let hook_file = tempfile::NamedTempFile::new().unwrap();
+    let config = format!(
+        "{}command = [\"/bin/sh\", \"-c\", \"(cat; echo) >> {}\"]\n",
+        config_with_hook(&hook),
+        hook_file.path().display()
+    );
+    let mut w = Watcher::start(&config, &[]);
 
     // (script, files, op, path, from, comm, exe)
     let a = data.join("a.txt");
@@ -275,21 +281,65 @@ fn host_processes_each_warn_once_with_the_right_process_in_every_sink() {
     let d = data.join("d.txt");
     let e = data.join("e.txt");
     let f = data.join("f.txt");
-    type Case<'a> = (&'a str, Vec<&'a Path>, &'a str, &'a str, Option<&'a str>, &'a str);
+    type Case<'a> = (
+        &'a str,
+        Vec<&'a Path>,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
-        (r#"echo more >> "$1""#, vec![&a], "modify", "a.txt", None, "sh"),
-        (r#"exec cp "$1" "$2""#, vec![&a, &b], "create", "b.txt", None, "cp"),
+        (
+            r#"echo more >> "$1""#,
+            vec![&a],
+            "modify",
+            "a.txt",
+            None,
+            "sh",
+        ),
+        (
+            r#"exec cp "$1" "$2""#,
+            vec![&a, &b],
+            "create",
+            "b.txt",
+            None,
+            "cp",
+        ),
         (r#"exec rm "$1""#, vec![&c], "delete", "c.txt", None, "rm"),
-        (r#"exec mv "$1" "$2""#, vec![&d, &e], "rename", "e.txt", Some("d.txt"), "mv"),
-        (r#"exec touch "$1""#, vec![&f], "create", "f.txt", None, "touch"),
-        (r#"exec chmod 600 "$1""#, vec![&a], "attrib", "a.txt", None, "chmod"),
+        (
+            r#"exec mv "$1" "$2""#,
+            vec![&d, &e],
+            "rename",
+            "e.txt",
+            Some("d.txt"),
+            "mv",
+        ),
+        (
+            r#"exec touch "$1""#,
+            vec![&f],
+            "create",
+            "f.txt",
+            None,
+            "touch",
+        ),
+        (
+            r#"exec chmod 600 "$1""#,
+            vec![&a],
+            "attrib",
+            "a.txt",
+            None,
+            "chmod",
+        ),
     ];
     let mut expected = Vec::new();
     for (script, files, op, path, from, comm) in &cases {
         let started = Instant::now();
         let pid = run_with_pid(script, files);
         let ev = w
-            .wait_for(Duration::from_secs(5), |v| v["volume"] == vol.as_str() && v["pid"] == pid)
+            .wait_for(Duration::from_secs(5), |v| {
+                v["volume"] == vol.as_str() && v["pid"] == pid
+            })
             .unwrap_or_else(|| {
                 panic!(
                     "no event within 5 s for `{script}` (pid {pid}); stderr:\n{}",
@@ -318,7 +368,11 @@ fn host_processes_each_warn_once_with_the_right_process_in_every_sink() {
     let events = w.events_of(&vol);
     for (pid, op, path, _, _) in &expected {
         let mine: Vec<&Value> = events.iter().filter(|v| v["pid"] == *pid).collect();
-        assert_eq!(mine.len(), 1, "{op} {path}: expected one event, got {mine:#?}");
+        assert_eq!(
+            mine.len(),
+            1,
+            "{op} {path}: expected one event, got {mine:#?}"
+        );
     }
     // Every warning reached the event log, stderr (tracing WARN) and the webhook.
     let log = w.log_lines();
@@ -332,14 +386,41 @@ fn host_processes_each_warn_once_with_the_right_process_in_every_sink() {
         }
     }
     let stderr = w.stderr_text();
+    let end = Instant::now() + Duration::from_secs(10);
+    let commanded = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(hook_file.path())
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &Value| v["volume"] == vol.as_str())
+            .collect();
+        if lines.len() >= expected.len() || Instant::now() > end {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (pid, op, path, _, _) in &expected {
+        let n = commanded.iter().filter(|v| v["pid"] == *pid).count();
+        assert_eq!(
+            n, 1,
+            "{op} {path} (pid {pid}) through the command hook: {commanded:#?}"
+        );
+    }
     for (pid, op, path, _, _) in &expected {
         let in_log = log
             .iter()
             .filter(|l| l["volume"] == vol.as_str() && l["pid"] == *pid)
             .count();
-        assert_eq!(in_log, 1, "{op} {path} (pid {pid}) in the event log: {log:#?}");
+        assert_eq!(
+            in_log, 1,
+            "{op} {path} (pid {pid}) in the event log: {log:#?}"
+        );
         let hooks = hooked.iter().filter(|v| v["pid"] == *pid).count();
-        assert_eq!(hooks, 1, "{op} {path} (pid {pid}) at the webhook: {hooked:#?}");
+        assert_eq!(
+            hooks, 1,
+            "{op} {path} (pid {pid}) at the webhook: {hooked:#?}"
+        );
         assert!(
             stderr.contains(&format!("by pid {pid} ")) && stderr.contains("WARN"),
             "pid {pid} not warned on stderr:\n{stderr}"
@@ -363,8 +444,17 @@ fn containers_writing_their_volume_and_dockerd_filling_one_are_not_warned() {
     // A short-lived container writes into the volume it mounts.
     let name = cleanup.container(unique("watch-ctr"));
     docker(&[
-        "run", "--name", &name, "--network", "none", "-v", &format!("{vol}:/data"), IMAGE, "sh",
-        "-c", "echo x > /data/f; mkdir /data/d; echo y > /data/d/g; chmod 600 /data/f",
+        "run",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "-v",
+        &format!("{vol}:/data"),
+        IMAGE,
+        "sh",
+        "-c",
+        "echo x > /data/f; mkdir /data/d; echo y > /data/d/g; chmod 600 /data/f",
     ]);
     let id = docker(&["inspect", "--format", "{{.Id}}", &name]);
     let ev = w
@@ -381,7 +471,14 @@ fn containers_writing_their_volume_and_dockerd_filling_one_are_not_warned() {
     let fresh = cleanup.volume(unique("watch-fill"));
     let filler = cleanup.container(unique("watch-fill"));
     docker(&[
-        "run", "--name", &filler, "--network", "none", "-v", &format!("{fresh}:/bin"), IMAGE,
+        "run",
+        "--name",
+        &filler,
+        "--network",
+        "none",
+        "-v",
+        &format!("{fresh}:/bin"),
+        IMAGE,
         "true",
     ]);
     assert!(volume_data_dir(&fresh).join("busybox").exists());
@@ -389,18 +486,28 @@ fn containers_writing_their_volume_and_dockerd_filling_one_are_not_warned() {
         .wait_for(Duration::from_secs(10), |v| {
             v["volume"] == fresh.as_str() && v["path"] == "busybox"
         })
-        .unwrap_or_else(|| panic!("no event for the copied busybox; stderr:\n{}", w.stderr_text()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no event for the copied busybox; stderr:\n{}",
+                w.stderr_text()
+            )
+        });
     assert_eq!(ev["verdict"], "docker", "{ev}");
     assert_eq!(ev["comm"], "dockerd", "{ev}");
     w.drain(Duration::from_millis(1500));
     for v in [&vol, &fresh] {
         let events = w.events_of(v);
         assert!(!events.is_empty());
-        let foreign: Vec<&Value> = events.iter().filter(|e| e["verdict"] == "foreign").collect();
+        let foreign: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["verdict"] == "foreign")
+            .collect();
         assert!(foreign.is_empty(), "foreign events in {v}: {foreign:#?}");
     }
     assert!(
-        !w.log_lines().iter().any(|l| l["volume"] == vol.as_str() || l["volume"] == fresh.as_str()),
+        !w.log_lines()
+            .iter()
+            .any(|l| l["volume"] == vol.as_str() || l["volume"] == fresh.as_str()),
         "no warning may reach the event log"
     );
 }
@@ -412,8 +519,17 @@ fn nsenter_into_a_container_from_a_host_cgroup_is_foreign() {
     let (vol, _) = new_volume(&mut cleanup, "watch-ns");
     let name = cleanup.container(unique("watch-ns"));
     docker(&[
-        "run", "-d", "--name", &name, "--network", "none", "-v", &format!("{vol}:/data"), IMAGE,
-        "sleep", "300",
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "-v",
+        &format!("{vol}:/data"),
+        IMAGE,
+        "sleep",
+        "300",
     ]);
     let cpid = docker(&["inspect", "--format", "{{.State.Pid}}", &name]);
     let mut w = Watcher::start("", &[]);
@@ -424,7 +540,9 @@ fn nsenter_into_a_container_from_a_host_cgroup_is_foreign() {
         &[],
     );
     let ev = w
-        .wait_for(Duration::from_secs(5), |v| v["volume"] == vol.as_str() && v["pid"] == pid)
+        .wait_for(Duration::from_secs(5), |v| {
+            v["volume"] == vol.as_str() && v["pid"] == pid
+        })
         .unwrap_or_else(|| panic!("no event for nsenter (pid {pid}); {}", w.stderr_text()));
     assert_eq!(ev["path"], "ns.txt", "{ev}");
     assert_eq!(ev["verdict"], "foreign", "{ev}");
@@ -476,7 +594,10 @@ fn a_process_that_exits_before_its_event_is_read_is_still_named() {
             break;
         }
     }
-    assert!(gone_seen, "the writer was never gone when its event was read");
+    assert!(
+        gone_seen,
+        "the writer was never gone when its event was read"
+    );
 }
 
 #[test]
@@ -501,7 +622,11 @@ fn queue_overflow_says_events_were_lost_and_marks_volumes_for_verify() {
     }
     let end = Instant::now() + Duration::from_secs(20);
     while !w.stderr_text().contains("events may have been lost") {
-        assert!(Instant::now() < end, "no overflow warning: {}", w.stderr_text());
+        assert!(
+            Instant::now() < end,
+            "no overflow warning: {}",
+            w.stderr_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let doc = w.events_cmd(&["--volume", &vol]);

@@ -68,7 +68,10 @@ impl AllowRule {
     pub fn matches(&self, p: &ProcInfo, volume: &str) -> bool {
         !self.is_empty()
             && self.exe.as_ref().is_none_or(|e| p.exe.as_ref() == Some(e))
-            && self.unit.as_ref().is_none_or(|u| p.unit.as_ref() == Some(u))
+            && self
+                .unit
+                .as_ref()
+                .is_none_or(|u| p.unit.as_ref() == Some(u))
             && self.uid.is_none_or(|u| p.uid == Some(u))
             && self.volume.as_ref().is_none_or(|v| v == volume)
     }
@@ -329,7 +332,8 @@ impl RateLimiter {
     pub fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
         if self.seen.len() > 10_000 {
             let w = self.window;
-            self.seen.retain(|_, (start, _, _)| now.duration_since(*start) < w);
+            self.seen
+                .retain(|_, (start, _, _)| now.duration_since(*start) < w);
         }
         let e = self.seen.entry(key.to_string()).or_insert((now, 0, 0));
         if now.duration_since(e.0) >= self.window {

@@ -151,7 +151,9 @@ pub fn container_of_cgroup(cgroup: &str) -> Option<String> {
 }
 
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// The deepest `*.service` or `*.scope` in the systemd (v1 `name=systemd`) or unified
@@ -347,11 +349,7 @@ impl ProcCache {
             i.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .ok()
                 .map(|s| s.trim_end_matches('\n').to_string())
-                .or_else(|| {
-                    exe.rsplit('/')
-                        .next()
-                        .map(|n| n.chars().take(15).collect())
-                });
+                .or_else(|| exe.rsplit('/').next().map(|n| n.chars().take(15).collect()));
             i.cmdline = None;
         }
         i.exe = Some(exe);
@@ -384,22 +382,22 @@ impl ProcCache {
                 match self.refresh(pid) {
                     // Exiting (exe already gone, cgroup possibly already left): what was
                     // captured earlier for this process (at fork or exec) is better.
-                    Some(i) if i.exe.is_none() => match cached
-                        .filter(|c| c.start_time == i.start_time || c.start_time == 0)
-                    {
-                        Some(c) => {
-                            let merged = Arc::new(merge_exiting(&c, &i));
-                            self.lock().insert(
-                                pid,
-                                Entry {
-                                    info: merged.clone(),
-                                    exited: Some(Instant::now()),
-                                },
-                            );
-                            (merged, true)
+                    Some(i) if i.exe.is_none() => {
+                        match cached.filter(|c| c.start_time == i.start_time || c.start_time == 0) {
+                            Some(c) => {
+                                let merged = Arc::new(merge_exiting(&c, &i));
+                                self.lock().insert(
+                                    pid,
+                                    Entry {
+                                        info: merged.clone(),
+                                        exited: Some(Instant::now()),
+                                    },
+                                );
+                                (merged, true)
+                            }
+                            None => (i, true),
                         }
-                        None => (i, true),
-                    },
+                    }
                     Some(i) => (i, false),
                     None => self.gone(pid, cached),
                 }
@@ -452,7 +450,11 @@ fn merge_exiting(cached: &ProcInfo, now: &ProcInfo) -> ProcInfo {
         pid: now.pid,
         start_time: now.start_time,
         comm: now.comm.clone().or_else(|| cached.comm.clone()),
-        exe: if same_program { cached.exe.clone() } else { None },
+        exe: if same_program {
+            cached.exe.clone()
+        } else {
+            None
+        },
         cmdline: if same_program {
             cached.cmdline.clone()
         } else {

@@ -246,7 +246,9 @@ impl LoggedEvent {
             self.pid,
             self.comm.as_deref().unwrap_or("?"),
             self.exe.as_deref().unwrap_or("?"),
-            self.uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into()),
+            self.uid
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "?".into()),
             self.container
                 .as_deref()
                 .map(|c| format!(" container={}", short(c)))

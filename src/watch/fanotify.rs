@@ -50,13 +50,8 @@ const MAX_HANDLE_BYTES: usize = 128;
 /// Every change to volume data the watcher asks for. Directory events too (FAN_ONDIR),
 /// so `mkdir`, `rmdir` and `chmod` of a directory are seen. FAN_RENAME reports a move as
 /// one event with both names (MOVED_FROM/TO are the fallback on older kernels).
-pub const WATCH_MASK: u64 = FAN_MODIFY
-    | FAN_CLOSE_WRITE
-    | FAN_ATTRIB
-    | FAN_CREATE
-    | FAN_DELETE
-    | FAN_RENAME
-    | FAN_ONDIR;
+pub const WATCH_MASK: u64 =
+    FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB | FAN_CREATE | FAN_DELETE | FAN_RENAME | FAN_ONDIR;
 
 /// A filesystem object as the kernel names it: filesystem id plus an opaque handle.
 /// Used as a cache key, and turned back into a path with [`Fanotify::resolve`].
@@ -142,17 +137,16 @@ pub fn parse_events(buf: &[u8]) -> Result<Vec<RawEvent>, ParseError> {
         while info_at < event_len {
             let info = &rec[info_at..event_len];
             let itype = info[0];
-            let ilen = u16_at(info, 2).ok_or_else(|| bad(at + info_at, "truncated info header"))?
-                as usize;
+            let ilen =
+                u16_at(info, 2).ok_or_else(|| bad(at + info_at, "truncated info header"))? as usize;
             if ilen < 4 || ilen > info.len() {
                 return Err(bad(at + info_at, "info record length out of range"));
             }
             let body = &info[4..ilen];
             match itype {
-                INFO_FID | INFO_DFID | INFO_DFID_NAME | INFO_OLD_DFID_NAME
-                | INFO_NEW_DFID_NAME => {
-                    let (fid, rest) =
-                        parse_fid(body).ok_or_else(|| bad(at + info_at, "malformed file handle"))?;
+                INFO_FID | INFO_DFID | INFO_DFID_NAME | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME => {
+                    let (fid, rest) = parse_fid(body)
+                        .ok_or_else(|| bad(at + info_at, "malformed file handle"))?;
                     let name = if matches!(
                         itype,
                         INFO_DFID_NAME | INFO_OLD_DFID_NAME | INFO_NEW_DFID_NAME
@@ -392,9 +386,12 @@ fn take_exec_events(buf: &[u8]) -> Vec<(i32, PathBuf)> {
     let mut at = 0;
     while at + METADATA_LEN <= buf.len() {
         let rec = &buf[at..];
-        let (Some(len), Some(mask), Some(fd), Some(pid)) =
-            (u32_at(rec, 0), u64_at(rec, 8), i32_at(rec, 16), i32_at(rec, 20))
-        else {
+        let (Some(len), Some(mask), Some(fd), Some(pid)) = (
+            u32_at(rec, 0),
+            u64_at(rec, 8),
+            i32_at(rec, 16),
+            i32_at(rec, 20),
+        ) else {
             break;
         };
         let len = len as usize;
@@ -423,7 +420,8 @@ impl ExecWatch {
     pub fn new() -> std::io::Result<ExecWatch> {
         let oflags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32;
         // SAFETY: plain syscall with integer arguments.
-        let fd = unsafe { libc::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, oflags) };
+        let fd =
+            unsafe { libc::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, oflags) };
         if fd < 0 {
             return Err(last_os_error());
         }
@@ -454,8 +452,7 @@ impl ExecWatch {
         let mut out = Vec::new();
         loop {
             // SAFETY: buf is valid writable memory of buf.len() bytes.
-            let n =
-                unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 return out;
             }
@@ -686,7 +683,10 @@ mod tests {
             FAN_CREATE,
             42,
             &[
-                info(INFO_DFID_NAME, &fid_body(&[1, 2, 3, 4, 5, 6, 7, 8], Some(b"f.txt"))),
+                info(
+                    INFO_DFID_NAME,
+                    &fid_body(&[1, 2, 3, 4, 5, 6, 7, 8], Some(b"f.txt")),
+                ),
                 info(INFO_FID, &fid_body(&[9; 8], None)),
             ],
         );
@@ -711,7 +711,10 @@ mod tests {
             ev[1].old_entry.as_ref().unwrap().name.as_deref(),
             Some(&b"a"[..])
         );
-        assert_eq!(ev[1].entry.as_ref().unwrap().name.as_deref(), Some(&b"b"[..]));
+        assert_eq!(
+            ev[1].entry.as_ref().unwrap().name.as_deref(),
+            Some(&b"b"[..])
+        );
         assert_eq!(ev[2].mask, FAN_Q_OVERFLOW);
         assert!(ev[2].entry.is_none());
     }

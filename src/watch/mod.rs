@@ -557,8 +557,7 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             cache.sweep();
-            w.coalesce
-                .retain(|_, (_, t)| t.elapsed() < COALESCE_QUIET);
+            w.coalesce.retain(|_, (_, t)| t.elapsed() < COALESCE_QUIET);
             if model.volumes_read.elapsed() >= MODEL_MAX_AGE {
                 for u in model.refresh_volumes(&fan, &mut mounts, &mut status) {
                     sink(Notice::Unwatched(&u));
@@ -577,7 +576,11 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
             Ok(ev) => ev,
             Err(e) => {
                 let all: Vec<String> = model.volumes.keys().cloned().collect();
-                w.lost(&all, &format!("unreadable event record from the kernel ({e})"), sink);
+                w.lost(
+                    &all,
+                    &format!("unreadable event record from the kernel ({e})"),
+                    sink,
+                );
                 continue;
             }
         };
@@ -678,7 +681,9 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
     if let Ok(h) = connector {
         let _ = h.join();
     }
-    let _ = w.log.append(&serde_json::json!({"time": now(), "op": "watch_stop", "pid": std::process::id()}));
+    let _ = w
+        .log
+        .append(&serde_json::json!({"time": now(), "op": "watch_stop", "pid": std::process::id()}));
     w.delivery.finish();
     result
 }
@@ -697,17 +702,29 @@ fn start_exec_watch(volumes_dir: &Path) -> std::result::Result<fanotify::ExecWat
     let x = fanotify::ExecWatch::new().map_err(|e| {
         format!("exec watch unavailable ({e}); the program of a process that exits before its event is read may be unknown")
     })?;
-    let mut dirs: Vec<PathBuf> = ["/", "/usr", "/usr/local", "/opt", "/home", "/root", "/tmp", "/var", "/srv"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+    let mut dirs: Vec<PathBuf> = [
+        "/",
+        "/usr",
+        "/usr/local",
+        "/opt",
+        "/home",
+        "/root",
+        "/tmp",
+        "/var",
+        "/srv",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
     dirs.push(volumes_dir.to_path_buf());
     let mut devs = HashSet::new();
     for d in dirs {
-        let Ok(m) = std::fs::metadata(&d) else { continue };
+        let Ok(m) = std::fs::metadata(&d) else {
+            continue;
+        };
         if devs.insert(m.dev())
             && let Err(e) = x.mark_filesystem(&d)
         {
