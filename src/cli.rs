@@ -86,6 +86,24 @@ pub enum Command {
     /// Write the man pages or a shell's completion script (used by the package build).
     #[command(hide = true)]
     Generate(GenerateArgs),
+    /// Watch volume data (foreground): every change with who made it; warn when neither
+    /// Docker nor a container that mounts the volume did.
+    Watch(WatchArgs),
+    /// Show the watcher's event log (warnings, lost events), oldest first.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events at or after this time: RFC 3339, or a duration back from now (30m, 24h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events of this volume.
+    #[arg(long)]
+    pub volume: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -113,6 +113,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Agent(_) | Command::Status(_) | Command::Generate(_) => {
             unreachable!("dispatched above")
         }
+        Command::Watch(a) => {
+            crate::watch::command::watch(&ctx.docker_root, &ctx.file.watch, ctx.json, &a)
+        }
+        Command::Events(a) => crate::watch::command::events(&ctx.file.watch, ctx.json, &a),
     }
 }
 

@@ -48,6 +48,10 @@ pub struct FileConfig {
     /// The agent's schedule, consistency and maintenance (`[agent]` table).
     #[serde(default)]
     pub agent: crate::agent::config::AgentSettings,
+    /// `volguard watch` settings (`[watch]` table): webhook, command hook, allow rules,
+    /// rate limit, event log size.
+    #[serde(default)]
+    pub watch: crate::watch::alerts::WatchSettings,
 }
 
 impl FileConfig {

@@ -264,6 +264,15 @@ fn validate(cfg: &FileConfig, text: &str, path: &Path) -> Result<()> {
             .into_error(),
         });
     }
+    if let Err(msg) = cfg.watch.validate() {
+        return Err(Problem {
+            path,
+            line: None,
+            key: Some("watch".into()),
+            reason: msg,
+        }
+        .into_error());
+    }
     // The agent's own checks say `agent[.table].key: reason`; point at that key's line.
     if let Err(msg) = cfg.agent.validate() {
         let (name, reason) = msg.split_once(": ").unwrap_or(("agent", msg.as_str()));
@@ -465,7 +474,24 @@ mod tests {
             host,
             s3,
             agent,
+            watch,
         } = cfg;
+        let crate::watch::alerts::WatchSettings {
+            webhook: watch_webhook,
+            command,
+            allow,
+            rate_limit,
+            rate_window_secs,
+            event_log_max_bytes,
+            event_log_keep,
+            forensic_snapshot: _,
+        } = watch;
+        assert!(watch_webhook.is_some(), "watch.webhook");
+        assert!(command.is_some(), "watch.command");
+        assert_eq!(allow.len(), 1, "watch.allow");
+        assert!(rate_limit.is_some() && rate_window_secs.is_some(), "watch.rate_*");
+        assert!(event_log_max_bytes.is_some() && event_log_keep.is_some(), "watch.event_log_*");
+        assert!(locate(&uncommented, Some("watch"), "forensic_snapshot").is_some());
         let crate::agent::config::AgentSettings {
             schedule: _,
             jitter: _,

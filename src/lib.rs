@@ -33,3 +33,4 @@ pub mod snapshot;
 pub mod tree;
 pub mod volume_diff;
 pub mod webhook;
+pub mod watch;
