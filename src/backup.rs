@@ -260,6 +260,16 @@ pub fn run(
     let estimate = snap.seal(repo.keys()).1.len() as u64;
     snap.summary.bytes_added = uploaded.bytes + estimate;
     opts.marked.check_reused(repo, &reused_packs)?;
+    // Object-lock mode: everything the snapshot needs is retained long enough first.
+    if repo.object_lock().is_some() {
+        let mut needed = reused_packs;
+        needed.extend(uploaded.packs.iter().map(|p| p.id));
+        needed.extend(resolved.others_packs.iter().map(|p| p.id));
+        let at = opts
+            .time
+            .map_or_else(std::time::SystemTime::now, Into::into);
+        crate::lock::protect_snapshot(repo, &needed, at)?;
+    }
     let (id, _) = repo.save_snapshot(&snap)?;
     Ok(Report {
         volume: source.name.clone(),

@@ -77,6 +77,40 @@ pub enum Command {
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
     Drill(DrillArgs),
+    /// The bucket's own rules (versioning, Object Lock, lifecycle) judged against this
+    /// repository, and the lifecycle configuration that is safe for it.
+    Bucket(BucketArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BucketArgs {
+    #[command(subcommand)]
+    pub command: BucketCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Say whether any bucket rule can destroy data that kept snapshots need, and exactly
+    /// what to change. Exit 1 when one can.
+    Audit(BucketAuditArgs),
+    /// Print the lifecycle configuration that is safe for this repository; --apply
+    /// installs it (other rules of the bucket are kept).
+    Policy(BucketPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BucketAuditArgs {
+    /// How long snapshots must be kept at least (default: the repository's retention, if
+    /// its mode has one); lifecycle rules shorter than this are flagged.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub retain_days: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct BucketPolicyArgs {
+    /// Install the configuration (PutBucketLifecycleConfiguration).
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, Args)]
@@ -161,9 +195,24 @@ pub fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// How the repository coexists with bucket retention. Only `none` exists so far.
-    #[arg(long, default_value = "none")]
+    /// How the repository coexists with bucket retention: `none`, or `object-lock` (every
+    /// object under S3 Object Lock, extended by each backup; needs --retain-days). Fixed
+    /// for the repository's life.
+    #[arg(long, default_value = "none", value_parser = ["none", "object-lock"])]
     pub retention_mode: String,
+    /// Days every snapshot is kept at least (object-lock: its objects cannot be deleted
+    /// before its time plus this).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub retain_days: Option<u64>,
+    /// The retention in seconds instead of days. For tests that watch a retention expire;
+    /// not for production use.
+    #[arg(long, value_name = "N", hide = true, conflicts_with = "retain_days",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_seconds: Option<u64>,
+    /// Object Lock mode: compliance (nobody can shorten it) or governance (principals with
+    /// s3:BypassGovernanceRetention can).
+    #[arg(long, default_value = "compliance", value_parser = ["compliance", "governance"])]
+    pub lock_mode: String,
 }
 
 #[derive(Debug, Args)]

@@ -70,6 +70,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
         Command::Diff(a) => diff_cmd(&ctx, &a),
         Command::Verify(a) => verify_cmd(&ctx, &a),
+        Command::Bucket(a) => bucket_cmd(&ctx, &a),
     }
 }
 
@@ -163,12 +164,7 @@ fn print_json(v: &serde_json::Value) {
 }
 
 fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
-    if a.retention_mode != "none" {
-        return Err(Error::Usage(format!(
-            "--retention-mode {} is not available in this version; only `none` is",
-            a.retention_mode
-        )));
-    }
+    let retention = crate::lock::retention_from_args(a, &ctx.location)?;
     let backend = ctx.backend()?;
     let secret = match ctx.secret()? {
         Some(s) => s,
@@ -181,14 +177,18 @@ fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
         }
         None => return Err(no_secret(&backend.location())),
     };
-    let repo = Repository::init(backend, &secret, repo::DEFAULT_CHUNKER)?;
+    let repo = Repository::init_with_retention(backend, &secret, repo::DEFAULT_CHUNKER, retention)?;
     if ctx.json {
-        print_json(&json!({"repository": repo.location(), "id": repo.config().id}));
+        print_json(
+            &json!({"repository": repo.location(), "id": repo.config().id,
+            "retention": repo.config().retention}),
+        );
     } else {
         println!(
-            "created repository {} (id {})",
+            "created repository {} (id {}); retention mode: {}",
             repo.location(),
-            repo.config().id
+            repo.config().id,
+            repo.config().retention.describe()
         );
     }
     Ok(exit::OK)
@@ -510,6 +510,7 @@ fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
 }
 
 fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
+    repo.verify_retention()?;
     let marked = prune::MarkedPacks::load(repo)?;
     let (mut index, problems) = repo.load_index_except(&marked.packs)?;
     for p in problems {
@@ -840,6 +841,20 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
         r.blobs_copied,
         human_bytes(r.bytes_copied)
     );
+    if r.packs_locked > 0 {
+        let at = |t: u64| {
+            crate::lock::fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+        };
+        let (first, last) = r.locked_until.unwrap_or_default();
+        println!(
+            "{} packs ({}) {}not deleted: under Object Lock retention until {} (the last until {}); a prune after that deletes them",
+            r.packs_locked,
+            human_bytes(r.bytes_locked),
+            if dry_run { "would be " } else { "" },
+            at(first),
+            at(last)
+        );
+    }
     for (packs, due) in &r.marks_pending {
         let due = time::OffsetDateTime::from_unix_timestamp(*due as i64)
             .ok()
@@ -1397,4 +1412,16 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
     } else {
         exit::PARTIAL
     })
+}
+
+/// `bucket audit` / `bucket policy`: the logic and its output live in bucket.rs.
+fn bucket_cmd(ctx: &Ctx, a: &crate::cli::BucketArgs) -> Result<i32> {
+    let Location::S3 { prefix, .. } = &ctx.location else {
+        return Err(Error::Usage(format!(
+            "`volguard bucket` judges S3 bucket rules; the repository {:?} is a local directory",
+            ctx.location
+        )));
+    };
+    let repo = ctx.open()?;
+    crate::bucket::run(&repo, prefix, &a.command, ctx.json)
 }

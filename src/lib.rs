@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod bucket;
 pub mod check;
 pub mod chunk;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod index;
 pub mod inflight;
 pub mod inventory;
 pub mod layer_diff;
+pub mod lock;
 pub mod pack;
 pub mod prune;
 pub mod repo;

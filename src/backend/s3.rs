@@ -30,7 +30,13 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::{Backend, BackendError, Kind, ObjectInfo};
+use super::{
+    Backend, BackendError, BucketSettings, Kind, LifecycleRule, LockMode, ObjectInfo, Retention,
+};
+
+#[path = "s3_lock.rs"]
+mod lock;
+pub use lock::fmt_time;
 
 /// Attempts per request (the first try included) with the SDK's standard retry strategy,
 /// which backs off exponentially with full jitter on 5xx, throttling (SlowDown), timeouts
@@ -377,6 +383,40 @@ impl S3Backend {
 }
 
 impl S3Backend {
+    /// PutObject (or a multipart upload for large objects), with an Object Lock retention
+    /// when `lock` is given.
+    async fn put_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: Vec<u8>,
+        lock: Option<Retention>,
+    ) -> Result<(), BackendError> {
+        let key = self.key(kind, name);
+        if data.len() > self.tuning.multipart_threshold {
+            return self
+                .put_multipart(kind, &key, Bytes::from(data), lock)
+                .await;
+        }
+        let len = data.len() as i64;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_md5(content_md5(&data))
+            .set_object_lock_mode(lock.map(|l| lock::object_lock_mode(l.mode)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.until.into()))
+            .content_length(len)
+            .set_storage_class(self.storage_class(kind))
+            .set_server_side_encryption(self.tuning.sse.clone())
+            .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.fail("PutObject", &key, &e))?;
+        Ok(())
+    }
+
     /// Packs get the configured storage class; everything else is read on every run and
     /// stays in the bucket's default class.
     fn storage_class(&self, kind: Kind) -> Option<StorageClass> {
@@ -388,12 +428,20 @@ impl S3Backend {
     /// Uploads a large object in parts, a bounded number at a time. On any failure the
     /// upload is aborted so no invisible parts are left to be billed; if even the abort
     /// fails, the bucket's AbortIncompleteMultipartUpload rule is what cleans up.
-    async fn put_multipart(&self, kind: Kind, key: &str, data: Bytes) -> Result<(), BackendError> {
+    async fn put_multipart(
+        &self,
+        kind: Kind,
+        key: &str,
+        data: Bytes,
+        lock: Option<Retention>,
+    ) -> Result<(), BackendError> {
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .set_object_lock_mode(lock.map(|l| lock::object_lock_mode(l.mode)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.until.into()))
             .set_storage_class(self.storage_class(kind))
             .set_server_side_encryption(self.tuning.sse.clone())
             .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
@@ -621,25 +669,47 @@ impl Backend for S3Backend {
     }
 
     async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
-        let key = self.key(kind, name);
-        if data.len() > self.tuning.multipart_threshold {
-            return self.put_multipart(kind, &key, Bytes::from(data)).await;
-        }
-        let len = data.len() as i64;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_md5(content_md5(&data))
-            .content_length(len)
-            .set_storage_class(self.storage_class(kind))
-            .set_server_side_encryption(self.tuning.sse.clone())
-            .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
-            .body(ByteStream::from(data))
-            .send()
+        self.put_with(kind, name, data, None).await
+    }
+
+    async fn put_locked(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: Vec<u8>,
+        lock: Retention,
+    ) -> Result<(), BackendError> {
+        self.put_with(kind, name, data, Some(lock)).await
+    }
+
+    async fn retention(&self, kind: Kind, name: &str) -> Result<Option<Retention>, BackendError> {
+        self.get_retention(&self.key(kind, name), None).await
+    }
+
+    async fn extend_retention(
+        &self,
+        kind: Kind,
+        name: &str,
+        lock: Retention,
+    ) -> Result<(), BackendError> {
+        self.put_retention(&self.key(kind, name), lock).await
+    }
+
+    async fn delete_all_versions(&self, kind: Kind, name: &str) -> Result<(), BackendError> {
+        self.delete_versions(&self.key(kind, name), &format!("{}/{name}", kind.dir()))
             .await
-            .map_err(|e| self.fail("PutObject", &key, &e))?;
-        Ok(())
+    }
+
+    async fn verify_object_lock(&self, mode: LockMode) -> Result<(), BackendError> {
+        self.prove_object_lock(mode).await
+    }
+
+    async fn bucket_settings(&self) -> Result<BucketSettings, BackendError> {
+        self.read_bucket_settings().await
+    }
+
+    async fn put_lifecycle(&self, rules: &[LifecycleRule]) -> Result<(), BackendError> {
+        self.write_lifecycle(rules).await
     }
 
     fn upload_concurrency(&self) -> usize {
