@@ -20,37 +20,12 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
+use common::s3client::{Version, client, purge, retention, rt, try_delete_version, versions};
 use common::{S3Env, S3Server, TestRepo, describe, pseudo_random, unique_bucket};
 
 /// Retention of the test repositories. Long enough for a backup or two to finish inside
 /// it on a loaded machine, short enough to wait out.
 const RETAIN_SECS: u64 = 20;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client(s3: &S3Env) -> Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&s3.endpoint)
-        .region(Region::new(s3.region.clone()))
-        .credentials_provider(Credentials::new(
-            &s3.access_key,
-            &s3.secret_key,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .build();
-    Client::from_conf(conf)
-}
 
 /// A new bucket with Object Lock enabled (and so versioning).
 fn lock_bucket(s3: &S3Env) -> (Client, String) {
@@ -64,90 +39,6 @@ fn lock_bucket(s3: &S3Env) -> (Client, String) {
     )
     .unwrap_or_else(|e| panic!("create lock bucket {bucket}: {e:?}"));
     (c, bucket)
-}
-
-/// One object version: key, version id, whether it is a delete marker.
-#[derive(Debug, Clone)]
-struct Version {
-    key: String,
-    id: String,
-    marker: bool,
-}
-
-fn versions(c: &Client, bucket: &str) -> Vec<Version> {
-    let page = rt()
-        .block_on(c.list_object_versions().bucket(bucket).send())
-        .unwrap();
-    assert_ne!(page.is_truncated(), Some(true), "test buckets stay small");
-    let mut out: Vec<Version> = page
-        .versions()
-        .iter()
-        .map(|v| Version {
-            key: v.key().unwrap().to_string(),
-            id: v.version_id().unwrap().to_string(),
-            marker: false,
-        })
-        .collect();
-    out.extend(page.delete_markers().iter().map(|m| Version {
-        key: m.key().unwrap().to_string(),
-        id: m.version_id().unwrap().to_string(),
-        marker: true,
-    }));
-    out
-}
-
-/// (mode, retain-until) of one version, or None.
-fn retention(c: &Client, bucket: &str, key: &str, version: &str) -> Option<(String, SystemTime)> {
-    let out = rt()
-        .block_on(
-            c.get_object_retention()
-                .bucket(bucket)
-                .key(key)
-                .version_id(version)
-                .send(),
-        )
-        .ok()?;
-    let r = out.retention()?;
-    Some((
-        r.mode()?.as_str().to_string(),
-        SystemTime::try_from(*r.retain_until_date()?).ok()?,
-    ))
-}
-
-fn try_delete_version(c: &Client, bucket: &str, key: &str, version: &str) -> Result<(), String> {
-    rt().block_on(
-        c.delete_object()
-            .bucket(bucket)
-            .key(key)
-            .version_id(version)
-            .send(),
-    )
-    .map(|_| ())
-    .map_err(|e| {
-        use aws_sdk_s3::error::ProvideErrorMetadata;
-        e.code().unwrap_or("no code").to_string()
-    })
-}
-
-/// Deletes every version once retention allows, then the bucket (waits up to 2 minutes).
-fn purge(c: &Client, bucket: &str) {
-    let deadline = SystemTime::now() + Duration::from_secs(120);
-    loop {
-        let left: Vec<Version> = versions(c, bucket)
-            .into_iter()
-            .filter(|v| try_delete_version(c, bucket, &v.key, &v.id).is_err())
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            SystemTime::now() < deadline,
-            "versions still locked 2 minutes later: {left:?}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    rt().block_on(c.delete_bucket().bucket(bucket).send())
-        .unwrap_or_else(|e| panic!("delete bucket {bucket}: {e:?}"));
 }
 
 fn secs(t: SystemTime) -> u64 {

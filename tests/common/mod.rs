@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod dockerdiff;
+pub mod s3client;
 pub mod treecmp;
 
 use std::fs;
