@@ -116,7 +116,62 @@ pub fn audit(
             });
         }
         if let Some(days) = r.expiration_days {
-            let days_s = u64::try_from(days).unwrap_or(0) * 86_400;
+            let days_u = u64::try_from(days).unwrap_or(0);
+            if let RetentionConfig::Epochs {
+                retain_secs,
+                epoch_secs,
+            } = *mode
+            {
+                let epochs_prefix =
+                    format!("{}{}/", repo_dir(repo_prefix), crate::epochs::EPOCHS_DIR);
+                let need = needed.unwrap_or(retain_secs).max(retain_secs);
+                let min = crate::epochs::expiration_days(need, epoch_secs);
+                if !r.prefix.starts_with(&epochs_prefix) {
+                    out.push(Finding {
+                        severity: Severity::Danger,
+                        rule: Some(rid.clone()),
+                        problem: format!(
+                            "lifecycle rule {rid} expires objects under {:?}, which holds the \
+                             repository's config and keys as well as its epochs: once they \
+                             expire, every snapshot is lost",
+                            r.prefix
+                        ),
+                        change: Some(format!(
+                            "give rule {rid} the prefix {epochs_prefix:?} (and at least {min} \
+                             days): `volguard bucket policy --apply` installs such a rule"
+                        )),
+                    });
+                } else if days_u < min {
+                    out.push(Finding {
+                        severity: Severity::Danger,
+                        rule: Some(rid.clone()),
+                        problem: format!(
+                            "lifecycle rule {rid} expires epochs after {days} days, too short: \
+                             a snapshot taken at the end of an epoch needs the objects from the \
+                             epoch's start for {} plus one epoch ({}), plus a day for backups \
+                             running across an epoch's end: at least {min} days",
+                            crate::lock::human_duration(need),
+                            crate::lock::human_duration(epoch_secs)
+                        ),
+                        change: Some(format!(
+                            "make rule {rid} expire after {min} days (`volguard bucket policy \
+                             --apply` installs such a rule)"
+                        )),
+                    });
+                } else {
+                    out.push(Finding {
+                        severity: Severity::Ok,
+                        rule: Some(rid.clone()),
+                        problem: format!(
+                            "lifecycle rule {rid} expires epochs after {days} days, at least the \
+                             {min} days this repository needs"
+                        ),
+                        change: None,
+                    });
+                }
+                continue;
+            }
+            let days_s = days_u * 86_400;
             if let Some(need) = needed
                 && days_s < need
             {
@@ -150,7 +205,8 @@ pub fn audit(
                 ),
                 change: Some(format!(
                     "remove the Expiration from rule {rid} (or give it a prefix that excludes \
-                     {at}) and delete old snapshots with `volguard forget --keep-... --prune`"
+                     {at}) and delete old snapshots with `volguard forget --keep-... --prune`, \
+                     or use a repository created with --retention-mode epochs"
                 )),
             });
         }
@@ -191,11 +247,13 @@ pub fn audit(
                      (PutObjectLockConfiguration with ObjectLockEnabled and no Rule): this \
                      repository already puts a retention on every object that needs one"
                     .into(),
-                RetentionConfig::None => "remove the bucket's default retention \
+                RetentionConfig::None | RetentionConfig::Epochs { .. } => {
+                    "remove the bucket's default retention \
                      (PutObjectLockConfiguration with ObjectLockEnabled and no Rule) and use a \
                      repository created with --retention-mode object-lock, which locks data \
                      and extends it for as long as snapshots need it"
-                    .into(),
+                        .into()
+                }
             }),
         });
     }
@@ -273,25 +331,46 @@ pub fn audit(
     out
 }
 
-/// The lifecycle rules volguard proposes for a repository: abort incomplete multipart
-/// uploads, and expire noncurrent versions when versioning is on. No Expiration: in the
-/// `none` and `object-lock` modes data is deleted by `forget --prune` only.
-pub fn policy(repo_prefix: &str, versioned: bool) -> Vec<LifecycleRule> {
-    let prefix = if repo_prefix.is_empty() {
+/// The repository's key prefix as a directory ("vg/"), or "" for the bucket root.
+fn repo_dir(repo_prefix: &str) -> String {
+    let p = repo_prefix.trim_matches('/');
+    if p.is_empty() {
         String::new()
     } else {
-        format!("{}/", repo_prefix.trim_matches('/'))
-    };
-    vec![LifecycleRule {
+        format!("{p}/")
+    }
+}
+
+/// The lifecycle rules volguard proposes for a repository: abort incomplete multipart
+/// uploads, expire noncurrent versions when versioning is on, and in epochs mode expire
+/// each epoch's objects after retention + epoch length + 1 day. No other Expiration: in
+/// the `none` and `object-lock` modes data is deleted by `forget --prune` only.
+pub fn policy(repo_prefix: &str, versioned: bool, mode: &RetentionConfig) -> Vec<LifecycleRule> {
+    let mut rules = vec![LifecycleRule {
         id: format!("{RULE_ID_PREFIX}cleanup"),
         enabled: true,
-        prefix,
+        prefix: repo_dir(repo_prefix),
         expiration_days: None,
         expiration_date: None,
         noncurrent_days: versioned.then_some(NONCURRENT_DAYS),
         abort_multipart_days: Some(ABORT_MULTIPART_DAYS),
         other_filter: false,
-    }]
+    }];
+    if let RetentionConfig::Epochs {
+        retain_secs,
+        epoch_secs,
+    } = *mode
+    {
+        let days = crate::epochs::expiration_days(retain_secs, epoch_secs);
+        rules.push(LifecycleRule {
+            id: format!("{RULE_ID_PREFIX}epochs"),
+            enabled: true,
+            prefix: format!("{}{}/", repo_dir(repo_prefix), crate::epochs::EPOCHS_DIR),
+            expiration_days: Some(i32::try_from(days).unwrap_or(i32::MAX)),
+            ..Default::default()
+        });
+    }
+    rules
 }
 
 /// The bucket's rules with volguard's replaced by `ours`. Refuses (naming it) when a
@@ -304,7 +383,7 @@ pub fn merge(
 ) -> Result<Vec<LifecycleRule>, String> {
     let mut out = Vec::new();
     for r in existing {
-        if r.id.starts_with(RULE_ID_PREFIX) && ours.iter().any(|o| o.prefix == r.prefix) {
+        if r.id.starts_with(RULE_ID_PREFIX) && ours.iter().any(|o| o.id == r.id) {
             continue;
         }
         if r.enabled
@@ -407,7 +486,7 @@ pub fn run(
                 settings.versioning.as_deref(),
                 Some("Enabled" | "Suspended")
             );
-            let ours = policy(repo_prefix, versioned);
+            let ours = policy(repo_prefix, versioned, &mode);
             let merged = if a.apply {
                 let m =
                     merge(&settings.lifecycle, ours.clone(), repo_prefix).map_err(Error::Other)?;
@@ -434,9 +513,11 @@ pub fn run(
                 for r in &ours {
                     println!("  {}", describe_rule(r));
                 }
-                println!(
-                    "  no Expiration: in this mode only `volguard forget --prune` deletes data"
-                );
+                if mode.name() != "epochs" {
+                    println!(
+                        "  no Expiration: in this mode only `volguard forget --prune` deletes data"
+                    );
+                }
                 if a.apply {
                     println!("installed (the bucket's other rules were kept)");
                 } else {
@@ -540,8 +621,36 @@ mod tests {
     }
 
     #[test]
+    fn epochs_rules_must_cover_only_epochs_and_be_long_enough() {
+        let m = RetentionConfig::Epochs {
+            retain_secs: 30 * 86_400,
+            epoch_secs: 7 * 86_400,
+        };
+        let ours = policy("vg", false, &m);
+        assert_eq!(ours[1].prefix, "vg/epochs/");
+        assert_eq!(ours[1].expiration_days, Some(38));
+        let ok = BucketSettings {
+            lifecycle: ours.clone(),
+            ..Default::default()
+        };
+        assert!(dangers(&audit(&ok, "vg", &m, None)).is_empty());
+        let short = BucketSettings {
+            lifecycle: vec![rule("vg/epochs/", Some(30), None)],
+            ..Default::default()
+        };
+        let d = audit(&short, "vg", &m, None);
+        assert!(dangers(&d)[0].contains("too short"), "{d:?}");
+        let whole = BucketSettings {
+            lifecycle: vec![rule("vg/", Some(400), None)],
+            ..Default::default()
+        };
+        let d = audit(&whole, "vg", &m, None);
+        assert!(dangers(&d)[0].contains("config and keys"), "{d:?}");
+    }
+
+    #[test]
     fn merge_keeps_foreign_rules_and_refuses_dangerous_ones() {
-        let ours = policy("vg", true);
+        let ours = policy("vg", true, &RetentionConfig::None);
         assert_eq!(ours[0].prefix, "vg/");
         let mut logs = rule("logs/", Some(1), None);
         logs.id = "logs".into();

@@ -195,11 +195,17 @@ pub fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// How the repository coexists with bucket retention: `none`, or `object-lock` (every
-    /// object under S3 Object Lock, extended by each backup; needs --retain-days). Fixed
-    /// for the repository's life.
-    #[arg(long, default_value = "none", value_parser = ["none", "object-lock"])]
+    /// How the repository coexists with bucket retention: `none`, `object-lock` (every
+    /// object under S3 Object Lock, extended by each backup), or `epochs` (objects grouped
+    /// by time epoch so a bucket lifecycle rule can expire them); the last two need
+    /// --retain-days. Fixed for the repository's life.
+    #[arg(long, default_value = "none", value_parser = ["none", "object-lock", "epochs"])]
     pub retention_mode: String,
+    /// epochs mode: length of one epoch in days (each epoch's first backup uploads
+    /// everything anew; the lifecycle rule expires objects after retention + epoch + 1 day).
+    #[arg(long, value_name = "N", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(1..=366))]
+    pub epoch_days: u64,
     /// Days every snapshot is kept at least (object-lock: its objects cannot be deleted
     /// before its time plus this).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=36500))]

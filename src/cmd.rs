@@ -243,6 +243,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
             .collect::<Result<_>>()?
     };
     let repo = ctx.open()?;
+    repo.enter_epoch(time.map_or_else(std::time::SystemTime::now, Into::into));
     let (mut index, marked) = load_index_for_write(&repo)?;
     let mut reports = Vec::new();
     let mut failures = Vec::new();
@@ -380,6 +381,9 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
         )));
     }
     let repo = ctx.open()?;
+    // Epochs mode: imported snapshots keep their old times but their objects are created
+    // now, so they belong to the current epoch.
+    repo.enter_epoch(std::time::SystemTime::now());
     let (mut index, marked) = load_index_for_write(&repo)?;
     let scratch_parent = a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut done = Vec::new();
@@ -605,8 +609,9 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
         ));
     }
     let repo = ctx.open()?;
-    let index = load_index_for_read(&repo)?;
+    // The snapshot first: in epochs mode finding it focuses reads on its epoch.
     let (sid, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    let index = load_index_for_read(&repo)?;
     tracing::info!(
         "restoring snapshot {} of {} from {}",
         sid.short(),
@@ -779,8 +784,8 @@ fn finish_restore(
 
 fn export(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let index = load_index_for_read(&repo)?;
     let (_, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    let index = load_index_for_read(&repo)?;
     let report = restore::to_tar(
         &repo,
         &index,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod docker;
 pub mod drill;
+pub mod epochs;
 pub mod error;
 pub mod forget;
 pub mod fsmeta;

@@ -54,6 +54,9 @@ pub enum RetentionConfig {
         retain_secs: u64,
         lock_mode: LockMode,
     },
+    /// Objects grouped in time epochs; the bucket's lifecycle rule deletes whole epochs
+    /// (see epochs.rs).
+    Epochs { retain_secs: u64, epoch_secs: u64 },
 }
 
 impl RetentionConfig {
@@ -69,6 +72,22 @@ impl RetentionConfig {
                     Ok(())
                 }
             }
+            RetentionConfig::Epochs {
+                retain_secs,
+                epoch_secs,
+            } => {
+                if retain_secs == 0 || retain_secs > 100 * 365 * 86_400 {
+                    Err(format!(
+                        "retention of {retain_secs} s is out of range (1 s to 100 years)"
+                    ))
+                } else if !(86_400..=366 * 86_400).contains(&epoch_secs) {
+                    Err(format!(
+                        "epoch length of {epoch_secs} s is out of range (1 to 366 days)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 
@@ -76,6 +95,7 @@ impl RetentionConfig {
         match self {
             RetentionConfig::None => "none",
             RetentionConfig::ObjectLock { .. } => "object-lock",
+            RetentionConfig::Epochs { .. } => "epochs",
         }
     }
 
@@ -83,9 +103,8 @@ impl RetentionConfig {
     pub fn retain(&self) -> Option<Duration> {
         match *self {
             RetentionConfig::None => None,
-            RetentionConfig::ObjectLock { retain_secs, .. } => {
-                Some(Duration::from_secs(retain_secs))
-            }
+            RetentionConfig::ObjectLock { retain_secs, .. }
+            | RetentionConfig::Epochs { retain_secs, .. } => Some(Duration::from_secs(retain_secs)),
         }
     }
 
@@ -99,6 +118,14 @@ impl RetentionConfig {
             } => format!(
                 "object-lock, {} retention of {}",
                 lock_mode.as_s3(),
+                human_duration(retain_secs)
+            ),
+            RetentionConfig::Epochs {
+                retain_secs,
+                epoch_secs,
+            } => format!(
+                "epochs of {}, snapshots kept at least {}",
+                human_duration(epoch_secs),
                 human_duration(retain_secs)
             ),
         }
@@ -636,7 +663,9 @@ pub fn retention_from_args(
         "none" => {
             if retain.is_some() {
                 return Err(Error::Usage(
-                    "--retain-days only means something with --retention-mode object-lock".into(),
+                    "--retain-days only means something with --retention-mode object-lock or \
+                     epochs"
+                        .into(),
                 ));
             }
             Ok(RetentionConfig::None)
@@ -661,8 +690,21 @@ pub fn retention_from_args(
                 lock_mode,
             })
         }
+        "epochs" => {
+            let Some(retain_secs) = retain else {
+                return Err(Error::Usage(
+                    "--retention-mode epochs needs --retain-days N: how long every snapshot \
+                     must be kept at least"
+                        .into(),
+                ));
+            };
+            Ok(RetentionConfig::Epochs {
+                retain_secs,
+                epoch_secs: a.epoch_days.saturating_mul(86_400),
+            })
+        }
         other => Err(Error::Usage(format!(
-            "--retention-mode {other} is not known; use none or object-lock"
+            "--retention-mode {other} is not known; use none, object-lock or epochs"
         ))),
     }
 }

@@ -226,6 +226,14 @@ fn used_blobs(
 }
 
 pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
+    if repo.epochs().is_some() {
+        return Err(Error::Other(
+            "this repository is in epochs mode: the bucket's lifecycle rule deletes whole \
+             epochs once no kept snapshot can need them (`volguard bucket policy --apply` \
+             installs it), so prune does not run here"
+                .into(),
+        ));
+    }
     if !opts.dry_run {
         repo.verify_retention()?;
     }

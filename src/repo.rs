@@ -125,13 +125,18 @@ pub struct Repository {
     config: RepoConfig,
     /// The Object Lock wrapper `backend` is, in object-lock mode.
     lock: Option<Arc<crate::lock::ObjectLock>>,
+    /// The epoch router `backend` is, in epochs mode.
+    epochs: Option<Arc<crate::epochs::Epochs>>,
 }
 
+type Wrapped = (
+    Arc<dyn Backend>,
+    Option<Arc<crate::lock::ObjectLock>>,
+    Option<Arc<crate::epochs::Epochs>>,
+);
+
 /// In object-lock mode, wraps the backend so every write carries retention (lock.rs).
-fn wrap_for_retention(
-    backend: Arc<dyn Backend>,
-    config: &RepoConfig,
-) -> (Arc<dyn Backend>, Option<Arc<crate::lock::ObjectLock>>) {
+fn wrap_for_retention(backend: Arc<dyn Backend>, config: &RepoConfig) -> Wrapped {
     match config.retention {
         crate::lock::RetentionConfig::ObjectLock {
             retain_secs,
@@ -143,9 +148,13 @@ fn wrap_for_retention(
                 std::time::Duration::from_secs(retain_secs),
                 &config.id,
             ));
-            (lock.clone() as Arc<dyn Backend>, Some(lock))
+            (lock.clone() as Arc<dyn Backend>, Some(lock), None)
         }
-        crate::lock::RetentionConfig::None => (backend, None),
+        crate::lock::RetentionConfig::Epochs { epoch_secs, .. } => {
+            let e = Arc::new(crate::epochs::Epochs::new(backend, epoch_secs));
+            (e.clone() as Arc<dyn Backend>, None, Some(e))
+        }
+        crate::lock::RetentionConfig::None => (backend, None, None),
     }
 }
 
@@ -224,7 +233,7 @@ impl Repository {
             pack_bytes: pack::TARGET_PACK_BYTES as u32,
             retention,
         };
-        let (backend, lock) = wrap_for_retention(backend, &placeholder);
+        let (backend, lock, epochs) = wrap_for_retention(backend, &placeholder);
         if let Some(l) = &lock {
             runtime.block_on(l.verify())?;
         }
@@ -253,6 +262,7 @@ impl Repository {
             keys,
             config,
             lock,
+            epochs,
         })
     }
 
@@ -303,14 +313,29 @@ impl Repository {
         let config: RepoConfig = serde_json::from_slice(&plain)
             .map_err(|e| Error::corrupt("config", format!("decode: {e}")))?;
         config.validate()?;
-        let (backend, lock) = wrap_for_retention(backend, &config);
+        let (backend, lock, epochs) = wrap_for_retention(backend, &config);
         Ok(Repository {
             backend,
             runtime,
             keys,
             config,
             lock,
+            epochs,
         })
+    }
+
+    /// The epoch router, in epochs mode.
+    pub fn epochs(&self) -> Option<&Arc<crate::epochs::Epochs>> {
+        self.epochs.as_ref()
+    }
+
+    /// In epochs mode, makes the epoch of `t` the one this command writes to and reads
+    /// from (a backup's time); a no-op in other modes.
+    pub fn enter_epoch(&self, t: std::time::SystemTime) {
+        if let Some(e) = &self.epochs {
+            let dir = e.enter(t);
+            tracing::debug!(epoch = %dir, "entered epoch");
+        }
     }
 
     /// The Object Lock machinery, in object-lock mode.
@@ -654,15 +679,22 @@ impl Repository {
                 self.location()
             )));
         }
+        // Epochs mode: what follows reads the snapshot's own epoch only.
+        let focus = |found: (SnapshotId, Snapshot)| {
+            if let Some(e) = &self.epochs {
+                e.focus_on(Kind::Snapshot, &found.0.to_hex());
+            }
+            found
+        };
         if which == "latest" {
-            return Ok(of_volume.pop().expect("non-empty"));
+            return Ok(focus(of_volume.pop().expect("non-empty")));
         }
         let matches: Vec<_> = of_volume
             .into_iter()
             .filter(|(id, _)| id.to_hex().starts_with(&which.to_ascii_lowercase()))
             .collect();
         match matches.len() {
-            1 => Ok(matches.into_iter().next().expect("one")),
+            1 => Ok(focus(matches.into_iter().next().expect("one"))),
             0 => Err(Error::Other(format!(
                 "no snapshot of {volume:?} has an id starting with {which:?}"
             ))),

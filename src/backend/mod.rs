@@ -252,6 +252,19 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// The same store rooted at the sub-directory (key prefix) `dir` of this one: epochs
+    /// mode keeps each epoch's objects in a store of its own under `epochs/<start date>`.
+    fn sub(&self, dir: &str) -> Option<std::sync::Arc<dyn Backend>> {
+        let _ = dir;
+        None
+    }
+
+    /// The names of the sub-directories directly under `dir` (e.g. the epochs).
+    async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, BackendError> {
+        let _ = dir;
+        Ok(Vec::new())
+    }
+
     /// The error for Object Lock operations on a store that has none.
     fn no_object_lock(&self) -> BackendError {
         BackendError::Other(format!(

@@ -96,6 +96,7 @@ pub struct S3Settings {
 }
 
 /// Settings after validation, as the backend uses them.
+#[derive(Clone)]
 struct Tuning {
     upload_concurrency: usize,
     download_concurrency: usize,
@@ -710,6 +711,44 @@ impl Backend for S3Backend {
 
     async fn put_lifecycle(&self, rules: &[LifecycleRule]) -> Result<(), BackendError> {
         self.write_lifecycle(rules).await
+    }
+
+    fn sub(&self, dir: &str) -> Option<std::sync::Arc<dyn Backend>> {
+        Some(std::sync::Arc::new(S3Backend {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.with_prefix(dir.trim_matches('/')),
+            endpoint: self.endpoint.clone(),
+            tuning: self.tuning.clone(),
+        }))
+    }
+
+    async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, BackendError> {
+        let prefix = self.with_prefix(&format!("{}/", dir.trim_matches('/')));
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.fail("ListObjectsV2", &prefix, &e))?;
+            for p in page.common_prefixes() {
+                if let Some(name) = p
+                    .prefix()
+                    .and_then(|k| k.strip_prefix(prefix.as_str()))
+                    .map(|k| k.trim_end_matches('/'))
+                    .filter(|k| !k.is_empty())
+                {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn upload_concurrency(&self) -> usize {
