@@ -1006,7 +1006,11 @@ fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
     } else {
         print!("{}", forget::plan_table(&plan, &policy));
         for f in &failures {
-            println!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
+            if f.locked {
+                println!("snapshot {}: kept for now: {}", f.id.short(), f.error);
+            } else {
+                println!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
+            }
         }
         let would = plan.to_remove().count();
         if a.dry_run {
@@ -1027,7 +1031,9 @@ fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
             emptied.join(", ")
         )));
     }
-    Ok(if !failures.is_empty() {
+    // Object-lock mode: a snapshot still under retention is not forgettable yet; that is
+    // the mode working, not a failure (a daily forget would otherwise always fail).
+    Ok(if failures.iter().any(|f| !f.locked) {
         exit::ERROR
     } else if partial {
         exit::PARTIAL
@@ -1423,8 +1429,11 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
 fn bucket_cmd(ctx: &Ctx, a: &crate::cli::BucketArgs) -> Result<i32> {
     let Location::S3 { prefix, .. } = &ctx.location else {
         return Err(Error::Usage(format!(
-            "`volguard bucket` judges S3 bucket rules; the repository {:?} is a local directory",
-            ctx.location
+            "`volguard bucket` judges S3 bucket rules; the repository is a local directory{}",
+            match &ctx.location {
+                Location::Local(p) => format!(" ({})", p.display()),
+                Location::S3 { .. } => String::new(),
+            }
         )));
     };
     let repo = ctx.open()?;

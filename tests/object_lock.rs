@@ -171,6 +171,19 @@ fn object_lock_every_object_retained_and_extended_by_newer_snapshots() {
         "packs referenced by snapshot {snap_b} (taken at {}) were not extended: {not_extended:?}",
         secs(t_b)
     );
+    // forget cannot remove snapshot A yet: it says until when, and that is no failure.
+    let out = repo.run(&["forget", "--keep-last", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("kept for now") && text.contains("under Object Lock retention until"),
+        "{text}"
+    );
+    assert_eq!(
+        current(&c, &bucket, "snapshots").len(),
+        2,
+        "a snapshot vanished"
+    );
     // Past the first retain-until date of A's packs, the server still refuses to delete
     // them: the extension is real, not only in volguard's cache.
     let latest_first = first_until.values().max().copied().unwrap();
