@@ -879,10 +879,12 @@ fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
     } else {
         None
     };
-    let r = check::run(&repo, a.read_data, pb.as_ref())?;
+    let mut r = check::run(&repo, a.read_data, pb.as_ref())?;
     if let Some(p) = pb {
         p.finish_and_clear();
     }
+    // A versioned bucket can hide objects behind delete markers; say so.
+    r.warnings.extend(crate::lock::version_warnings(&repo)?);
     if ctx.json {
         print_json(&serde_json::to_value(&r).unwrap_or_default());
     } else {

@@ -285,6 +285,12 @@ impl Backend for Epochs {
         self.root.read_concurrency()
     }
 
+    async fn version_summary(
+        &self,
+    ) -> Result<Option<crate::backend::VersionSummary>, BackendError> {
+        self.root.version_summary().await
+    }
+
     async fn bucket_settings(&self) -> Result<BucketSettings, BackendError> {
         self.root.bucket_settings().await
     }

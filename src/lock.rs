@@ -509,6 +509,11 @@ impl Backend for ObjectLock {
     ) -> std::result::Result<Option<Retention>, BackendError> {
         self.inner.retention(kind, name).await
     }
+    async fn version_summary(
+        &self,
+    ) -> std::result::Result<Option<crate::backend::VersionSummary>, BackendError> {
+        self.inner.version_summary().await
+    }
     async fn verify_object_lock(&self, _mode: LockMode) -> std::result::Result<(), BackendError> {
         self.verify().await
     }
@@ -574,6 +579,33 @@ pub fn protect_snapshot(
         "object lock retention checked"
     );
     Ok(Some(report))
+}
+
+/// `check`'s view of a versioned bucket: repository objects hidden behind delete markers
+/// (a DELETE without a version id, by someone or something other than volguard, which
+/// removes every version itself) and noncurrent versions. Each is one warning line saying
+/// what it means and what to do.
+pub fn version_warnings(repo: &Repository) -> Result<Vec<String>> {
+    let Some(v) = repo.block_on(repo.backend().version_summary())? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (key, marker) in &v.hidden {
+        out.push(format!(
+            "{key} is hidden behind a delete marker (version {marker}): something deleted it \
+             without a version id, and on this versioned bucket its bytes are still stored; \
+             delete that marker (DeleteObject with versionId={marker}) to bring it back"
+        ));
+    }
+    if v.noncurrent > 0 {
+        out.push(format!(
+            "{} noncurrent object version(s) ({} bytes) are stored besides the current \
+             objects; a lifecycle rule with NoncurrentVersionExpiration removes them \
+             (`volguard bucket policy --apply`)",
+            v.noncurrent, v.noncurrent_bytes
+        ));
+    }
+    Ok(out)
 }
 
 /// What prune could not delete because of retention.

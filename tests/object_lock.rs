@@ -207,6 +207,29 @@ fn object_lock_every_object_retained_and_extended_by_newer_snapshots() {
         );
     }
     let _ = t_a;
+
+    // A stolen credential's plain DELETE (no version id) only hides a locked snapshot
+    // behind a delete marker; `check` names it and says how to bring it back.
+    let snap_key = current(&c, &bucket, "snapshots")
+        .into_keys()
+        .find(|k| k.ends_with(&snap_b))
+        .unwrap();
+    rt().block_on(c.delete_object().bucket(&bucket).key(&snap_key).send())
+        .unwrap();
+    let out = repo.run(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let hidden = snap_key.trim_start_matches("r/");
+    assert!(
+        err.contains(&format!("{hidden} is hidden behind a delete marker")),
+        "check did not report the hidden snapshot:\n{err}"
+    );
+    let marker = versions(&c, &bucket)
+        .into_iter()
+        .find(|v| v.marker && v.key == snap_key)
+        .unwrap();
+    try_delete_version(&c, &bucket, &marker.key, &marker.id).unwrap();
+    let v = repo.run_json(&["snapshots"]);
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 2, "{v}");
     purge(&c, &bucket);
 }
 

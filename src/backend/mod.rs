@@ -135,6 +135,17 @@ pub struct BucketSettings {
     pub server: Option<String>,
 }
 
+/// What the versions of a versioned bucket hold besides the visible objects.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VersionSummary {
+    /// Keys (relative to the repository) whose newest version is a delete marker, with
+    /// the marker's version id.
+    pub hidden: Vec<(String, String)>,
+    /// Versions that are not the newest one (left by deletes or rewrites), and their bytes.
+    pub noncurrent: u64,
+    pub noncurrent_bytes: u64,
+}
+
 /// One lifecycle rule, reduced to what can delete data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LifecycleRule {
@@ -250,6 +261,13 @@ pub trait Backend: Send + Sync {
             "{} is not an S3 bucket: lifecycle rules need one",
             self.location()
         )))
+    }
+
+    /// On a versioned bucket: the repository's objects whose newest version is a delete
+    /// marker (hidden, but their bytes still there) and how many older versions are stored
+    /// besides the current ones. None where the store keeps no versions.
+    async fn version_summary(&self) -> Result<Option<VersionSummary>, BackendError> {
+        Ok(None)
     }
 
     /// The same store rooted at the sub-directory (key prefix) `dir` of this one: epochs

@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 use super::{
     Backend, BackendError, BucketSettings, Kind, LifecycleRule, LockMode, ObjectInfo, Retention,
+    VersionSummary,
 };
 
 #[path = "s3_lock.rs"]
@@ -711,6 +712,10 @@ impl Backend for S3Backend {
 
     async fn put_lifecycle(&self, rules: &[LifecycleRule]) -> Result<(), BackendError> {
         self.write_lifecycle(rules).await
+    }
+
+    async fn version_summary(&self) -> Result<Option<VersionSummary>, BackendError> {
+        self.summarize_versions().await
     }
 
     fn sub(&self, dir: &str) -> Option<std::sync::Arc<dyn Backend>> {

@@ -18,7 +18,8 @@ use aws_sdk_s3::types::{
 };
 
 use super::{
-    BackendError, BucketSettings, LifecycleRule, LockMode, Retention, S3Backend, content_md5,
+    BackendError, BucketSettings, LifecycleRule, LockMode, Retention, S3Backend, VersionSummary,
+    content_md5,
 };
 
 /// How long the probe object of `prove_object_lock` stays locked. Short, because a probe
@@ -419,6 +420,61 @@ impl S3Backend {
                     .await;
             }
         }
+    }
+
+    /// Delete markers that hide repository objects, and noncurrent versions, under the
+    /// repository prefix (volguard's own probes excluded). None on an unversioned bucket.
+    pub(super) async fn summarize_versions(&self) -> Result<Option<VersionSummary>, BackendError> {
+        let v = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.fail("GetBucketVersioning", &self.bucket, &e))?;
+        if v.status().is_none() {
+            return Ok(None);
+        }
+        let prefix = self.with_prefix("");
+        let probes = self.with_prefix(&format!("{PROBE_DIR}/"));
+        let mut summary = VersionSummary::default();
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.fail("ListObjectVersions", &prefix, &e))?;
+            for m in page.delete_markers() {
+                if let (Some(k), Some(id), Some(true)) = (m.key(), m.version_id(), m.is_latest())
+                    && !k.starts_with(&probes)
+                {
+                    let rel = k[prefix.len().min(k.len())..].to_string();
+                    summary.hidden.push((rel, id.to_string()));
+                }
+            }
+            for v in page.versions() {
+                if v.is_latest() != Some(true) && !v.key().is_some_and(|k| k.starts_with(&probes)) {
+                    summary.noncurrent += 1;
+                    summary.noncurrent_bytes += v.size().unwrap_or(0).max(0) as u64;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() && version_marker.is_none() {
+                break;
+            }
+        }
+        Ok(Some(summary))
     }
 
     /// Versioning, Object Lock configuration and lifecycle rules of the bucket.
