@@ -62,8 +62,11 @@ fn is_root_kind(kind: Kind) -> bool {
 pub struct Epochs {
     root: Arc<dyn Backend>,
     epoch_secs: u64,
-    /// The epoch commands write to and read from; None: reads span every epoch.
-    scope: Mutex<Option<String>>,
+    /// The epoch a command writes to (and reads from): set by `enter`.
+    write: Mutex<Option<String>>,
+    /// The epoch reads of a snapshot's data look at first: set by `focus_on`. Listings
+    /// of snapshots still span every epoch (a command may look for a second snapshot).
+    focus: Mutex<Option<String>>,
     subs: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Which epoch directory each listed object was seen in.
     located: Mutex<HashMap<(Kind, String), String>>,
@@ -74,7 +77,8 @@ impl Epochs {
         Epochs {
             root,
             epoch_secs,
-            scope: Mutex::new(None),
+            write: Mutex::new(None),
+            focus: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
         }
@@ -87,7 +91,7 @@ impl Epochs {
     /// From now on, writes and reads go to the epoch of `t` (a backup's time).
     pub fn enter(&self, t: SystemTime) -> String {
         let dir = dir_name(epoch_of(t, self.epoch_secs), self.epoch_secs);
-        *self.scope.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
+        *self.write.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
         dir
     }
 
@@ -101,12 +105,18 @@ impl Epochs {
             .get(&(kind, name.to_string()))
             .cloned();
         if let Some(d) = dir {
-            *self.scope.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+            *self.focus.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
         }
     }
 
+    fn write_epoch(&self) -> Option<String> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The epoch reads look at first: the one written to, else the one in focus.
     fn scope(&self) -> Option<String> {
-        self.scope.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.write_epoch()
+            .or_else(|| self.focus.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     async fn sub(&self, dir: &str) -> Result<Arc<dyn Backend>, BackendError> {
@@ -136,7 +146,7 @@ impl Epochs {
     }
 
     /// The stores a read of `kind/name` may find it in: where it was listed, else the
-    /// scope, else every epoch (newest first).
+    /// scope and then every other epoch (newest first).
     async fn candidates(&self, kind: Kind, name: &str) -> Result<Vec<String>, BackendError> {
         if let Some(d) = self
             .located
@@ -146,11 +156,14 @@ impl Epochs {
         {
             return Ok(vec![d.clone()]);
         }
-        if let Some(d) = self.scope() {
-            return Ok(vec![d]);
-        }
+        // The scope first; then, newest first, every other epoch (an index loaded across
+        // all epochs may name a pack of another epoch than the one in focus).
         let mut all = self.epochs().await?;
         all.reverse();
+        if let Some(d) = self.scope() {
+            all.retain(|e| *e != d);
+            all.insert(0, d);
+        }
         Ok(all)
     }
 
@@ -185,7 +198,7 @@ impl Backend for Epochs {
         if is_root_kind(kind) {
             return self.root.put(kind, name, data).await;
         }
-        let dir = self.scope().ok_or_else(|| self.no_epoch())?;
+        let dir = self.write_epoch().ok_or_else(|| self.no_epoch())?;
         self.sub(&dir).await?.put(kind, name, data).await?;
         self.located
             .lock()
@@ -240,9 +253,15 @@ impl Backend for Epochs {
         if is_root_kind(kind) {
             return self.root.list(kind).await;
         }
-        let dirs = match self.scope() {
+        // Across epochs, newest first: where a blob is stored in several epochs, the index
+        // (first entry wins) then points at the copy that expires last.
+        let scoped = match kind {
+            Kind::Snapshot => self.write_epoch(),
+            _ => self.scope(),
+        };
+        let dirs = match scoped {
             Some(d) => vec![d],
-            None => self.epochs().await?,
+            None => self.epochs().await?.into_iter().rev().collect(),
         };
         let mut out = Vec::new();
         for d in dirs {
