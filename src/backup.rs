@@ -69,6 +69,8 @@ pub struct Report {
     pub snapshot_id: SnapshotId,
     pub parent: Option<SnapshotId>,
     pub summary: Summary,
+    /// object-lock mode: what making the snapshot's objects retained long enough took.
+    pub retention: Option<crate::lock::ExtendReport>,
 }
 
 /// A new blob on its way to a pack.
@@ -261,6 +263,7 @@ pub fn run(
     snap.summary.bytes_added = uploaded.bytes + estimate;
     opts.marked.check_reused(repo, &reused_packs)?;
     // Object-lock mode: everything the snapshot needs is retained long enough first.
+    let mut retention = None;
     if repo.object_lock().is_some() {
         let mut needed = reused_packs;
         needed.extend(uploaded.packs.iter().map(|p| p.id));
@@ -268,7 +271,7 @@ pub fn run(
         let at = opts
             .time
             .map_or_else(std::time::SystemTime::now, Into::into);
-        crate::lock::protect_snapshot(repo, &needed, at)?;
+        retention = crate::lock::protect_snapshot(repo, &needed, at)?;
     }
     let (id, _) = repo.save_snapshot(&snap)?;
     Ok(Report {
@@ -276,6 +279,7 @@ pub fn run(
         snapshot_id: id,
         parent: snap.parent,
         summary: snap.summary,
+        retention,
     })
 }
 

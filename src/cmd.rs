@@ -339,6 +339,7 @@ fn report_json(r: &backup::Report) -> serde_json::Value {
         "bytes_added": s.bytes_added,
         "duration_s": s.duration_s,
         "errors": s.errors,
+        "retention": r.retention,
     })
 }
 

@@ -234,6 +234,45 @@ fn object_lock_every_object_retained_and_extended_by_newer_snapshots() {
 }
 
 #[test]
+fn object_lock_backups_within_the_margin_send_no_retention_request() {
+    // Retention 60 s: objects are written (and extended) to 75 s, a quarter beyond what
+    // is needed, so a backup taken within 15 s of the last one finds every date in its
+    // cache long enough and asks the bucket nothing.
+    let s3 = S3Env::load(S3Server::SeaweedFs);
+    let (c, bucket) = lock_bucket(&s3);
+    let mut repo = TestRepo::new();
+    repo.repo = format!("s3://{bucket}/m").into();
+    repo.env = s3.vars();
+    let state = repo.path().join("state");
+    repo.env
+        .push(("VOLGUARD_STATE_DIR".into(), state.display().to_string()));
+    repo.run_ok(&[
+        "init",
+        "--retention-mode",
+        "object-lock",
+        "--retain-seconds",
+        "60",
+    ]);
+    let src = repo.path().join("src");
+    write_source(&src, &[("a", 2 << 20, 11)]);
+    let args = ["backup", "--path", src.to_str().unwrap(), "--name", "vol"];
+    repo.run_json(&args);
+    let second = repo.run_json(&args);
+    let r = &second["snapshots"][0]["retention"];
+    assert!(r["objects"].as_u64().unwrap() >= 4, "{second}");
+    assert_eq!(r["looked_up"], 0, "{second}");
+    assert_eq!(r["extended"], 0, "{second}");
+    // Without the cache (another host, a lost state directory) it asks, and still needs
+    // no extension.
+    std::fs::remove_dir_all(&state).unwrap();
+    let third = repo.run_json(&args);
+    let r = &third["snapshots"][0]["retention"];
+    assert!(r["looked_up"].as_u64().unwrap() >= 4, "{third}");
+    assert_eq!(r["extended"], 0, "{third}");
+    purge(&c, &bucket);
+}
+
+#[test]
 fn object_lock_prune_skips_locked_packs_then_deletes_every_version_after_expiry() {
     let (repo, c, bucket) = lock_repo("p");
     let src = repo.path().join("src");
