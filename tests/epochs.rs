@@ -1,4 +1,4 @@
-//! epochs retention mode against SeaweedFS, with a simulated clock: backups are taken with
+//! epochs retention mode against SeaweedFS and Garage, with a simulated clock: backups are taken with
 //! `backup --time` every two days across several week-long epochs; the objects each backup
 //! created are noted with that (simulated) time; then every object the lifecycle rule that
 //! `bucket policy` prints would have expired by a given "now" is deleted, exactly as the
@@ -76,7 +76,18 @@ fn write_day(src: &Path, day: u64) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn epochs_lifecycle_rule_never_removes_data_a_snapshot_within_retention_needs() {
-    let (repo, s3, bucket) = TestRepo::s3(S3Server::SeaweedFs, "vg");
+    lifecycle_by_age(S3Server::SeaweedFs);
+}
+
+/// Garage has no Object Lock and no versioning, but lifecycle rules: epochs mode is the
+/// retention mode for it.
+#[test]
+fn epochs_lifecycle_rule_never_removes_needed_data_on_garage() {
+    lifecycle_by_age(S3Server::Garage);
+}
+
+fn lifecycle_by_age(server: S3Server) {
+    let (repo, s3, bucket) = TestRepo::s3(server, "vg");
     let c = client(&s3);
     repo.run_ok(&[
         "init",
