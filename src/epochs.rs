@@ -70,6 +70,8 @@ pub struct Epochs {
     subs: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Which epoch directory each listed object was seen in.
     located: Mutex<HashMap<(Kind, String), String>>,
+    /// Whether the write epoch's store has been created (directories, for a local one).
+    created: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Epochs {
@@ -81,6 +83,7 @@ impl Epochs {
             focus: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
+            created: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -132,7 +135,6 @@ impl Epochs {
                     self.root.location()
                 ))
             })?;
-        b.create().await?;
         self.subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -199,7 +201,21 @@ impl Backend for Epochs {
             return self.root.put(kind, name, data).await;
         }
         let dir = self.write_epoch().ok_or_else(|| self.no_epoch())?;
-        self.sub(&dir).await?.put(kind, name, data).await?;
+        let sub = self.sub(&dir).await?;
+        // Created on the first write only: reads never change anything.
+        let fresh = !self
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&dir);
+        if fresh {
+            sub.create().await?;
+            self.created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dir.clone());
+        }
+        sub.put(kind, name, data).await?;
         self.located
             .lock()
             .unwrap_or_else(|p| p.into_inner())

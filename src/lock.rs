@@ -612,7 +612,6 @@ pub fn version_warnings(repo: &Repository) -> Result<Vec<String>> {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct LockedSkip {
     pub packs: HashSet<PackId>,
-    pub bytes: u64,
     /// Unix seconds: when the first and the last of them become deletable.
     pub earliest: Option<u64>,
     pub latest: Option<u64>,
@@ -668,13 +667,6 @@ pub fn hold_locked(
         skip.packs.insert(id);
         skip.earliest = Some(skip.earliest.map_or(until, |e| e.min(until)));
         skip.latest = Some(skip.latest.map_or(until, |l| l.max(until)));
-    }
-    for (_, f) in files {
-        for p in &f.packs {
-            if skip.packs.contains(&p.id) {
-                skip.bytes += p.size;
-            }
-        }
     }
     Ok(skip)
 }

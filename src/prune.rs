@@ -331,7 +331,11 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
         }
     }
     report.packs_locked = held.packs.len();
-    report.bytes_locked = held.bytes;
+    report.bytes_locked = held
+        .packs
+        .iter()
+        .map(|id| stored.get(id).map_or(0, |s| s.0))
+        .sum();
     report.locked_until = held.earliest.zip(held.latest);
     done_marks.retain(|name| {
         marks
