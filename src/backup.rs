@@ -74,6 +74,8 @@ pub struct Report {
     pub snapshot_id: SnapshotId,
     pub parent: Option<SnapshotId>,
     pub summary: Summary,
+    /// object-lock mode: what making the snapshot's objects retained long enough took.
+    pub retention: Option<crate::lock::ExtendReport>,
 }
 
 /// A new blob on its way to a pack.
@@ -269,12 +271,24 @@ pub fn run(
     let estimate = snap.seal(repo.keys()).1.len() as u64;
     snap.summary.bytes_added = uploaded.bytes + estimate;
     opts.marked.check_reused(repo, &reused_packs)?;
+    // Object-lock mode: everything the snapshot needs is retained long enough first.
+    let mut retention = None;
+    if repo.object_lock().is_some() {
+        let mut needed = reused_packs;
+        needed.extend(uploaded.packs.iter().map(|p| p.id));
+        needed.extend(resolved.others_packs.iter().map(|p| p.id));
+        let at = opts
+            .time
+            .map_or_else(std::time::SystemTime::now, Into::into);
+        retention = crate::lock::protect_snapshot(repo, &needed, at)?;
+    }
     let (id, _) = repo.save_snapshot(&snap)?;
     Ok(Report {
         volume: source.name.clone(),
         snapshot_id: id,
         parent: snap.parent,
         summary: snap.summary,
+        retention,
     })
 }
 

@@ -91,6 +91,40 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show the watcher's event log (warnings, lost events), oldest first.
     Events(EventsArgs),
+    /// The bucket's own rules (versioning, Object Lock, lifecycle) judged against this
+    /// repository, and the lifecycle configuration that is safe for it.
+    Bucket(BucketArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BucketArgs {
+    #[command(subcommand)]
+    pub command: BucketCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Say whether any bucket rule can destroy data that kept snapshots need, and exactly
+    /// what to change. Exit 1 when one can.
+    Audit(BucketAuditArgs),
+    /// Print the lifecycle configuration that is safe for this repository; --apply
+    /// installs it (other rules of the bucket are kept).
+    Policy(BucketPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BucketAuditArgs {
+    /// How long snapshots must be kept at least (default: the repository's retention, if
+    /// its mode has one); lifecycle rules shorter than this are flagged.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub retain_days: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct BucketPolicyArgs {
+    /// Install the configuration (PutBucketLifecycleConfiguration).
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, Args)]
@@ -218,9 +252,30 @@ pub fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// How the repository coexists with bucket retention. Only `none` exists so far.
-    #[arg(long, default_value = "none")]
+    /// How the repository coexists with bucket retention: `none`, `object-lock` (every
+    /// object under S3 Object Lock, extended by each backup), or `epochs` (objects grouped
+    /// by time epoch so a bucket lifecycle rule can expire them); the last two need
+    /// --retain-days. Fixed for the repository's life.
+    #[arg(long, default_value = "none", value_parser = ["none", "object-lock", "epochs"])]
     pub retention_mode: String,
+    /// epochs mode: length of one epoch in days (each epoch's first backup uploads
+    /// everything anew; the lifecycle rule expires objects after retention + epoch + 1 day).
+    #[arg(long, value_name = "N", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(1..=366))]
+    pub epoch_days: u64,
+    /// Days every snapshot is kept at least (object-lock: its objects cannot be deleted
+    /// before its time plus this).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub retain_days: Option<u64>,
+    /// The retention in seconds instead of days. For tests that watch a retention expire;
+    /// not for production use.
+    #[arg(long, value_name = "N", hide = true, conflicts_with = "retain_days",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_seconds: Option<u64>,
+    /// Object Lock mode: compliance (nobody can shorten it) or governance (principals with
+    /// s3:BypassGovernanceRetention can).
+    #[arg(long, default_value = "compliance", value_parser = ["compliance", "governance"])]
+    pub lock_mode: String,
 }
 
 #[derive(Debug, Args)]

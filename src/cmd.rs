@@ -117,6 +117,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::watch::command::watch(&ctx.docker_root, &ctx.file.watch, ctx.json, &a)
         }
         Command::Events(a) => crate::watch::command::events(&ctx.file.watch, ctx.json, &a),
+        Command::Bucket(a) => bucket_cmd(&ctx, &a),
     }
 }
 
@@ -210,12 +211,7 @@ fn print_json(v: &serde_json::Value) {
 }
 
 fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
-    if a.retention_mode != "none" {
-        return Err(Error::Usage(format!(
-            "--retention-mode {} is not available in this version; only `none` is",
-            a.retention_mode
-        )));
-    }
+    let retention = crate::lock::retention_from_args(a, &ctx.location)?;
     let backend = ctx.backend()?;
     let secret = match ctx.secret()? {
         Some(s) => s,
@@ -228,14 +224,18 @@ fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
         }
         None => return Err(no_secret(&backend.location())),
     };
-    let repo = Repository::init(backend, &secret, repo::DEFAULT_CHUNKER)?;
+    let repo = Repository::init_with_retention(backend, &secret, repo::DEFAULT_CHUNKER, retention)?;
     if ctx.json {
-        print_json(&json!({"repository": repo.location(), "id": repo.config().id}));
+        print_json(
+            &json!({"repository": repo.location(), "id": repo.config().id,
+            "retention": repo.config().retention}),
+        );
     } else {
         println!(
-            "created repository {} (id {})",
+            "created repository {} (id {}); retention mode: {}",
             repo.location(),
-            repo.config().id
+            repo.config().id,
+            repo.config().retention.describe()
         );
     }
     Ok(exit::OK)
@@ -284,6 +284,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         .map_err(Error::Other)?;
     sources.extend(layers.sources);
     let repo = ctx.open()?;
+    repo.enter_epoch(time.map_or_else(std::time::SystemTime::now, Into::into));
     let (mut index, marked) = load_index_for_write(&repo)?;
     let mut reports = Vec::new();
     let mut failures = Vec::new();
@@ -418,6 +419,7 @@ fn report_json(r: &backup::Report) -> serde_json::Value {
         "bytes_added": s.bytes_added,
         "duration_s": s.duration_s,
         "errors": s.errors,
+        "retention": r.retention,
     })
 }
 
@@ -460,6 +462,9 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
         )));
     }
     let repo = ctx.open()?;
+    // Epochs mode: imported snapshots keep their old times but their objects are created
+    // now, so they belong to the current epoch.
+    repo.enter_epoch(std::time::SystemTime::now());
     let (mut index, marked) = load_index_for_write(&repo)?;
     let scratch_parent = a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut done = Vec::new();
@@ -592,6 +597,7 @@ fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
 }
 
 pub(crate) fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
+    repo.verify_retention()?;
     let marked = prune::MarkedPacks::load(repo)?;
     let (mut index, problems) = repo.load_index_except(&marked.packs)?;
     for p in problems {
@@ -694,8 +700,9 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
         ));
     }
     let repo = ctx.open()?;
-    let index = load_index_for_read(&repo)?;
+    // The snapshot first: in epochs mode finding it focuses reads on its epoch.
     let (sid, snap) = repo.find_snapshot(a.volume.as_deref().unwrap_or_default(), &a.snapshot)?;
+    let index = load_index_for_read(&repo)?;
     tracing::info!(
         "restoring snapshot {} of {} from {}",
         sid.short(),
@@ -898,8 +905,8 @@ const EXPORT_ZSTD_LEVEL: i32 = 3;
 
 fn export(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let index = load_index_for_read(&repo)?;
     let (_, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    let index = load_index_for_read(&repo)?;
     let stdout = std::io::stdout().lock();
     let report = if a.zstd {
         let broken = |e| Error::io("cannot write the zstd stream to", "stdout", e);
@@ -963,6 +970,20 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
         r.blobs_copied,
         human_bytes(r.bytes_copied)
     );
+    if r.packs_locked > 0 {
+        let at = |t: u64| {
+            crate::lock::fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+        };
+        let (first, last) = r.locked_until.unwrap_or_default();
+        println!(
+            "{} packs ({}) {}not deleted: under Object Lock retention until {} (the last until {}); a prune after that deletes them",
+            r.packs_locked,
+            human_bytes(r.bytes_locked),
+            if dry_run { "would be " } else { "" },
+            at(first),
+            at(last)
+        );
+    }
     for (packs, due) in &r.marks_pending {
         let due = time::OffsetDateTime::from_unix_timestamp(*due as i64)
             .ok()
@@ -987,10 +1008,12 @@ fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
     } else {
         None
     };
-    let r = check::run(&repo, read_percent, pb.as_ref())?;
+    let mut r = check::run(&repo, read_percent, pb.as_ref())?;
     if let Some(p) = pb {
         p.finish_and_clear();
     }
+    // A versioned bucket can hide objects behind delete markers; say so.
+    r.warnings.extend(crate::lock::version_warnings(&repo)?);
     if ctx.json {
         print_json(&serde_json::to_value(&r).unwrap_or_default());
     } else {
@@ -1091,7 +1114,11 @@ fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
     } else {
         print!("{}", forget::plan_table(&plan, &policy));
         for f in &failures {
-            println!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
+            if f.locked {
+                println!("snapshot {}: kept for now: {}", f.id.short(), f.error);
+            } else {
+                println!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
+            }
         }
         let would = plan.to_remove().count();
         if a.dry_run {
@@ -1112,7 +1139,9 @@ fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
             emptied.join(", ")
         )));
     }
-    Ok(if !failures.is_empty() {
+    // Object-lock mode: a snapshot still under retention is not forgettable yet; that is
+    // the mode working, not a failure (a daily forget would otherwise always fail).
+    Ok(if failures.iter().any(|f| !f.locked) {
         exit::ERROR
     } else if partial {
         exit::PARTIAL
@@ -1502,4 +1531,19 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
     } else {
         exit::PARTIAL
     })
+}
+
+/// `bucket audit` / `bucket policy`: the logic and its output live in bucket.rs.
+fn bucket_cmd(ctx: &Ctx, a: &crate::cli::BucketArgs) -> Result<i32> {
+    let Location::S3 { prefix, .. } = &ctx.location else {
+        return Err(Error::Usage(format!(
+            "`volguard bucket` judges S3 bucket rules; the repository is a local directory{}",
+            match &ctx.location {
+                Location::Local(p) => format!(" ({})", p.display()),
+                Location::S3 { .. } => String::new(),
+            }
+        )));
+    };
+    let repo = ctx.open()?;
+    crate::bucket::run(&repo, prefix, &a.command, ctx.json)
 }

@@ -579,6 +579,9 @@ pub fn apply_group(
 pub struct DeleteFailure {
     pub id: SnapshotId,
     pub error: String,
+    /// Refused because the snapshot is still under Object Lock retention (object-lock
+    /// mode): not an error, it can be forgotten once the retention has passed.
+    pub locked: bool,
 }
 
 /// Deletes the snapshot objects the plan forgets; the data they referenced stays until a
@@ -595,6 +598,7 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan) -> (usize, Vec<DeleteFailur
             Err(e) => failures.push(DeleteFailure {
                 id: d.id,
                 error: e.to_string(),
+                locked: e.is_locked(),
             }),
         }
     }
@@ -675,7 +679,7 @@ pub fn plan_json(
         .collect();
     let failed: Vec<_> = failed
         .iter()
-        .map(|f| json!({"id": f.id.to_hex(), "error": f.error}))
+        .map(|f| json!({"id": f.id.to_hex(), "error": f.error, "locked": f.locked}))
         .collect();
     json!({
         "dry_run": dry_run,

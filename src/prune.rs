@@ -178,6 +178,12 @@ pub struct Report {
     /// Marked packs that a snapshot written after the mark needs: not deleted.
     pub packs_kept_alive: usize,
     pub index_files_rewritten: usize,
+    /// Object-lock mode: marked packs not deleted because they (or an index file listing
+    /// them) are still under retention, their bytes, and when the first and the last of
+    /// them become deletable (unix seconds).
+    pub packs_locked: usize,
+    pub bytes_locked: u64,
+    pub locked_until: Option<(u64, u64)>,
     /// Marks still waiting for their grace period: (packs, unix time they are due).
     pub marks_pending: Vec<(usize, u64)>,
     pub problems: Vec<String>,
@@ -220,6 +226,17 @@ fn used_blobs(
 }
 
 pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
+    if repo.epochs().is_some() {
+        return Err(Error::Other(
+            "this repository is in epochs mode: the bucket's lifecycle rule deletes whole \
+             epochs once no kept snapshot can need them (`volguard bucket policy --apply` \
+             installs it), so prune does not run here"
+                .into(),
+        ));
+    }
+    if !opts.dry_run {
+        repo.verify_retention()?;
+    }
     let mut report = Report::default();
     let now = unix_now();
     let (marks, problems) = load_marks(repo)?;
@@ -303,6 +320,30 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
             report.bytes_deleted += size;
         }
     }
+    // Object-lock mode: a pack under retention, or listed by an index file under retention
+    // (which would have to be rewritten without it), is not deleted yet; its mark stays, so
+    // a later run deletes it once the retention has passed.
+    let held = crate::lock::hold_locked(repo, &mut deleted, &files)?;
+    for id in &held.packs {
+        if let Some((size, _)) = stored.get(id) {
+            report.packs_deleted -= 1;
+            report.bytes_deleted -= size;
+        }
+    }
+    report.packs_locked = held.packs.len();
+    report.bytes_locked = held
+        .packs
+        .iter()
+        .map(|id| stored.get(id).map_or(0, |s| s.0))
+        .sum();
+    report.locked_until = held.earliest.zip(held.latest);
+    done_marks.retain(|name| {
+        marks
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_none_or(|(_, m)| !m.packs.iter().any(|p| held.packs.contains(p)))
+    });
+    still_marked.extend(held.packs.iter().copied());
     if !opts.dry_run {
         // Index entries first, packs second, the mark last: a crash in between leaves packs
         // no index lists (the mark keeps backups from re-indexing them, and the next run

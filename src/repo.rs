@@ -46,6 +46,9 @@ pub struct RepoConfig {
     pub chunker: ChunkerParams,
     pub compression_level: i32,
     pub pack_bytes: u32,
+    /// How the repository coexists with bucket retention (absent in older configs: none).
+    #[serde(default)]
+    pub retention: crate::lock::RetentionConfig,
 }
 
 impl RepoConfig {
@@ -62,7 +65,8 @@ impl RepoConfig {
             && c.min <= c.avg
             && c.avg <= c.max
             && (1..=22).contains(&self.compression_level)
-            && (1024 * 1024..=MAX_BLOB_BYTES).contains(&self.pack_bytes);
+            && (1024 * 1024..=MAX_BLOB_BYTES).contains(&self.pack_bytes)
+            && self.retention.validate().is_ok();
         if ok {
             Ok(())
         } else {
@@ -119,6 +123,39 @@ pub struct Repository {
     runtime: Arc<tokio::runtime::Runtime>,
     keys: Keys,
     config: RepoConfig,
+    /// The Object Lock wrapper `backend` is, in object-lock mode.
+    lock: Option<Arc<crate::lock::ObjectLock>>,
+    /// The epoch router `backend` is, in epochs mode.
+    epochs: Option<Arc<crate::epochs::Epochs>>,
+}
+
+type Wrapped = (
+    Arc<dyn Backend>,
+    Option<Arc<crate::lock::ObjectLock>>,
+    Option<Arc<crate::epochs::Epochs>>,
+);
+
+/// In object-lock mode, wraps the backend so every write carries retention (lock.rs).
+fn wrap_for_retention(backend: Arc<dyn Backend>, config: &RepoConfig) -> Wrapped {
+    match config.retention {
+        crate::lock::RetentionConfig::ObjectLock {
+            retain_secs,
+            lock_mode,
+        } => {
+            let lock = Arc::new(crate::lock::ObjectLock::new(
+                backend,
+                lock_mode,
+                std::time::Duration::from_secs(retain_secs),
+                &config.id,
+            ));
+            (lock.clone() as Arc<dyn Backend>, Some(lock), None)
+        }
+        crate::lock::RetentionConfig::Epochs { epoch_secs, .. } => {
+            let e = Arc::new(crate::epochs::Epochs::new(backend, epoch_secs));
+            (e.clone() as Arc<dyn Backend>, None, Some(e))
+        }
+        crate::lock::RetentionConfig::None => (backend, None, None),
+    }
 }
 
 /// RFC 3339 in UTC with a fixed nine-digit fraction, so snapshot times sort as strings.
@@ -164,6 +201,19 @@ impl Repository {
         secret: &Secret,
         chunker: ChunkerParams,
     ) -> Result<Repository> {
+        Self::init_with_retention(backend, secret, chunker, crate::lock::RetentionConfig::None)
+    }
+
+    /// `init` with a retention mode (`init --retention-mode`). In object-lock mode the
+    /// bucket is proven to enforce Object Lock before anything is written, and the key and
+    /// config objects are written under retention like everything else.
+    pub fn init_with_retention(
+        backend: Arc<dyn Backend>,
+        secret: &Secret,
+        chunker: ChunkerParams,
+        retention: crate::lock::RetentionConfig,
+    ) -> Result<Repository> {
+        retention.validate().map_err(Error::Usage)?;
         let runtime = runtime()?;
         let location = backend.location();
         runtime.block_on(backend.check_reachable())?;
@@ -173,6 +223,20 @@ impl Repository {
             )));
         }
         runtime.block_on(backend.create())?;
+        let config_id = hex::encode(rand::random::<[u8; 16]>());
+        let placeholder = RepoConfig {
+            version: FORMAT_VERSION,
+            id: config_id.clone(),
+            created: String::new(),
+            chunker,
+            compression_level: 3,
+            pack_bytes: pack::TARGET_PACK_BYTES as u32,
+            retention,
+        };
+        let (backend, lock, epochs) = wrap_for_retention(backend, &placeholder);
+        if let Some(l) = &lock {
+            runtime.block_on(l.verify())?;
+        }
         let master = crypto::random_master();
         let keys = Keys::from_master(&master);
         let now = now_rfc3339();
@@ -181,12 +245,8 @@ impl Repository {
         let key_name = hex::encode(blake3::hash(&entry_bytes).as_bytes());
         runtime.block_on(backend.put(Kind::Key, &key_name, entry_bytes))?;
         let config = RepoConfig {
-            version: FORMAT_VERSION,
-            id: hex::encode(rand::random::<[u8; 16]>()),
             created: now,
-            chunker,
-            compression_level: 3,
-            pack_bytes: pack::TARGET_PACK_BYTES as u32,
+            ..placeholder
         };
         config.validate()?;
         let sealed = keys.seal(
@@ -201,6 +261,8 @@ impl Repository {
             runtime,
             keys,
             config,
+            lock,
+            epochs,
         })
     }
 
@@ -251,12 +313,43 @@ impl Repository {
         let config: RepoConfig = serde_json::from_slice(&plain)
             .map_err(|e| Error::corrupt("config", format!("decode: {e}")))?;
         config.validate()?;
+        let (backend, lock, epochs) = wrap_for_retention(backend, &config);
         Ok(Repository {
             backend,
             runtime,
             keys,
             config,
+            lock,
+            epochs,
         })
+    }
+
+    /// The epoch router, in epochs mode.
+    pub fn epochs(&self) -> Option<&Arc<crate::epochs::Epochs>> {
+        self.epochs.as_ref()
+    }
+
+    /// In epochs mode, makes the epoch of `t` the one this command writes to and reads
+    /// from (a backup's time); a no-op in other modes.
+    pub fn enter_epoch(&self, t: std::time::SystemTime) {
+        if let Some(e) = &self.epochs {
+            let dir = e.enter(t);
+            tracing::debug!(epoch = %dir, "entered epoch");
+        }
+    }
+
+    /// The Object Lock machinery, in object-lock mode.
+    pub fn object_lock(&self) -> Option<&Arc<crate::lock::ObjectLock>> {
+        self.lock.as_ref()
+    }
+
+    /// In object-lock mode, proves (once per process) that the bucket enforces the lock;
+    /// write commands call this before they start work.
+    pub fn verify_retention(&self) -> Result<()> {
+        if let Some(l) = &self.lock {
+            self.block_on(l.verify())?;
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> &Keys {
@@ -326,7 +419,12 @@ impl Repository {
                 };
                 let open = |b: &[u8]| IndexFile::open(&self.keys, &obj.name, b);
                 match self.again_if_corrupt(Kind::Index, &obj.name, open(&bytes), open) {
-                    Ok(file) => f(&obj.name, file),
+                    Ok(file) => {
+                        if let Some(l) = &self.lock {
+                            l.note_index(&obj.name, &file);
+                        }
+                        f(&obj.name, file)
+                    }
                     Err(e) => problems.push(e.to_string()),
                 }
             }
@@ -397,6 +495,9 @@ impl Repository {
         let (id, sealed) = file.seal(&self.keys);
         let n = sealed.len() as u64;
         self.block_on(self.backend.put(Kind::Index, &id.to_hex(), sealed))?;
+        if let Some(l) = &self.lock {
+            l.note_index(&id.to_hex(), file);
+        }
         Ok((id, n))
     }
 
@@ -578,15 +679,22 @@ impl Repository {
                 self.location()
             )));
         }
+        // Epochs mode: what follows reads the snapshot's own epoch only.
+        let focus = |found: (SnapshotId, Snapshot)| {
+            if let Some(e) = &self.epochs {
+                e.focus_on(Kind::Snapshot, &found.0.to_hex());
+            }
+            found
+        };
         if which == "latest" {
-            return Ok(of_volume.pop().expect("non-empty"));
+            return Ok(focus(of_volume.pop().expect("non-empty")));
         }
         let matches: Vec<_> = of_volume
             .into_iter()
             .filter(|(id, _)| id.to_hex().starts_with(&which.to_ascii_lowercase()))
             .collect();
         match matches.len() {
-            1 => Ok(matches.into_iter().next().expect("one")),
+            1 => Ok(focus(matches.into_iter().next().expect("one"))),
             0 => Err(Error::Other(format!(
                 "no snapshot of {volume:?} has an id starting with {which:?}"
             ))),

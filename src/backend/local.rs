@@ -137,6 +137,32 @@ impl LocalBackend {
 
 #[async_trait]
 impl Backend for LocalBackend {
+    fn sub(&self, dir: &str) -> Option<Arc<dyn Backend>> {
+        Some(Arc::new(LocalBackend::new(self.root.join(dir))))
+    }
+
+    async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, BackendError> {
+        let mut out = Vec::new();
+        match fs::read_dir(self.root.join(dir)) {
+            Ok(rd) => {
+                for ent in rd.flatten() {
+                    if ent.file_type().is_ok_and(|t| t.is_dir()) {
+                        out.push(ent.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BackendError::Other(format!(
+                    "cannot list {}: {e}",
+                    self.root.join(dir).display()
+                )));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }

@@ -30,7 +30,14 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::{Backend, BackendError, Kind, ObjectInfo};
+use super::{
+    Backend, BackendError, BucketSettings, Kind, LifecycleRule, LockMode, ObjectInfo, Retention,
+    VersionSummary,
+};
+
+#[path = "s3_lock.rs"]
+mod lock;
+pub use lock::fmt_time;
 
 /// Attempts per request (the first try included) with the SDK's standard retry strategy,
 /// which backs off exponentially with full jitter on 5xx, throttling (SlowDown), timeouts
@@ -90,6 +97,7 @@ pub struct S3Settings {
 }
 
 /// Settings after validation, as the backend uses them.
+#[derive(Clone)]
 struct Tuning {
     upload_concurrency: usize,
     download_concurrency: usize,
@@ -384,6 +392,40 @@ impl S3Backend {
 }
 
 impl S3Backend {
+    /// PutObject (or a multipart upload for large objects), with an Object Lock retention
+    /// when `lock` is given.
+    async fn put_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: Vec<u8>,
+        lock: Option<Retention>,
+    ) -> Result<(), BackendError> {
+        let key = self.key(kind, name);
+        if data.len() > self.tuning.multipart_threshold {
+            return self
+                .put_multipart(kind, &key, Bytes::from(data), lock)
+                .await;
+        }
+        let len = data.len() as i64;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_md5(content_md5(&data))
+            .set_object_lock_mode(lock.map(|l| lock::object_lock_mode(l.mode)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.until.into()))
+            .content_length(len)
+            .set_storage_class(self.storage_class(kind))
+            .set_server_side_encryption(self.tuning.sse.clone())
+            .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.fail("PutObject", &key, &e))?;
+        Ok(())
+    }
+
     /// Packs get the configured storage class; everything else is read on every run and
     /// stays in the bucket's default class.
     fn storage_class(&self, kind: Kind) -> Option<StorageClass> {
@@ -395,12 +437,20 @@ impl S3Backend {
     /// Uploads a large object in parts, a bounded number at a time. On any failure the
     /// upload is aborted so no invisible parts are left to be billed; if even the abort
     /// fails, the bucket's AbortIncompleteMultipartUpload rule is what cleans up.
-    async fn put_multipart(&self, kind: Kind, key: &str, data: Bytes) -> Result<(), BackendError> {
+    async fn put_multipart(
+        &self,
+        kind: Kind,
+        key: &str,
+        data: Bytes,
+        lock: Option<Retention>,
+    ) -> Result<(), BackendError> {
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .set_object_lock_mode(lock.map(|l| lock::object_lock_mode(l.mode)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.until.into()))
             .set_storage_class(self.storage_class(kind))
             .set_server_side_encryption(self.tuning.sse.clone())
             .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
@@ -628,25 +678,89 @@ impl Backend for S3Backend {
     }
 
     async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
-        let key = self.key(kind, name);
-        if data.len() > self.tuning.multipart_threshold {
-            return self.put_multipart(kind, &key, Bytes::from(data)).await;
-        }
-        let len = data.len() as i64;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_md5(content_md5(&data))
-            .content_length(len)
-            .set_storage_class(self.storage_class(kind))
-            .set_server_side_encryption(self.tuning.sse.clone())
-            .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
-            .body(ByteStream::from(data))
-            .send()
+        self.put_with(kind, name, data, None).await
+    }
+
+    async fn put_locked(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: Vec<u8>,
+        lock: Retention,
+    ) -> Result<(), BackendError> {
+        self.put_with(kind, name, data, Some(lock)).await
+    }
+
+    async fn retention(&self, kind: Kind, name: &str) -> Result<Option<Retention>, BackendError> {
+        self.get_retention(&self.key(kind, name), None).await
+    }
+
+    async fn extend_retention(
+        &self,
+        kind: Kind,
+        name: &str,
+        lock: Retention,
+    ) -> Result<(), BackendError> {
+        self.put_retention(&self.key(kind, name), lock).await
+    }
+
+    async fn delete_all_versions(&self, kind: Kind, name: &str) -> Result<(), BackendError> {
+        self.delete_versions(&self.key(kind, name), &format!("{}/{name}", kind.dir()))
             .await
-            .map_err(|e| self.fail("PutObject", &key, &e))?;
-        Ok(())
+    }
+
+    async fn verify_object_lock(&self, mode: LockMode) -> Result<(), BackendError> {
+        self.prove_object_lock(mode).await
+    }
+
+    async fn bucket_settings(&self) -> Result<BucketSettings, BackendError> {
+        self.read_bucket_settings().await
+    }
+
+    async fn put_lifecycle(&self, rules: &[LifecycleRule]) -> Result<(), BackendError> {
+        self.write_lifecycle(rules).await
+    }
+
+    async fn version_summary(&self) -> Result<Option<VersionSummary>, BackendError> {
+        self.summarize_versions().await
+    }
+
+    fn sub(&self, dir: &str) -> Option<std::sync::Arc<dyn Backend>> {
+        Some(std::sync::Arc::new(S3Backend {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.with_prefix(dir.trim_matches('/')),
+            endpoint: self.endpoint.clone(),
+            tuning: self.tuning.clone(),
+        }))
+    }
+
+    async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, BackendError> {
+        let prefix = self.with_prefix(&format!("{}/", dir.trim_matches('/')));
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.fail("ListObjectsV2", &prefix, &e))?;
+            for p in page.common_prefixes() {
+                if let Some(name) = p
+                    .prefix()
+                    .and_then(|k| k.strip_prefix(prefix.as_str()))
+                    .map(|k| k.trim_end_matches('/'))
+                    .filter(|k| !k.is_empty())
+                {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn upload_concurrency(&self) -> usize {

@@ -10,6 +10,7 @@
 
 pub mod dockerdiff;
 pub mod private_dockerd;
+pub mod s3client;
 pub mod treecmp;
 
 use std::fs;
