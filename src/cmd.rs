@@ -23,8 +23,8 @@ use crate::repo::{self, Location, Repository};
 use crate::restore::{Filter, RestoreOptions};
 use crate::volume_diff::{self, Listing};
 use crate::{
-    backup, check, docker, drill, host_restore, import, inventory, layer_backup, layer_diff,
-    prune, restore,
+    backup, check, docker, drill, host_restore, import, inventory, layer_backup, layer_diff, prune,
+    restore,
 };
 
 /// Everything a command needs besides its own arguments.

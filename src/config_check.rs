@@ -489,8 +489,14 @@ mod tests {
         assert!(watch_webhook.is_some(), "watch.webhook");
         assert!(command.is_some(), "watch.command");
         assert_eq!(allow.len(), 1, "watch.allow");
-        assert!(rate_limit.is_some() && rate_window_secs.is_some(), "watch.rate_*");
-        assert!(event_log_max_bytes.is_some() && event_log_keep.is_some(), "watch.event_log_*");
+        assert!(
+            rate_limit.is_some() && rate_window_secs.is_some(),
+            "watch.rate_*"
+        );
+        assert!(
+            event_log_max_bytes.is_some() && event_log_keep.is_some(),
+            "watch.event_log_*"
+        );
         assert!(locate(&uncommented, Some("watch"), "forensic_snapshot").is_some());
         let crate::agent::config::AgentSettings {
             schedule: _,
@@ -512,6 +518,7 @@ mod tests {
             retention,
             nice: _,
             io_idle: _,
+            watch: _,
             volume,
         } = agent;
         assert!(webhook.is_some(), "agent.webhook");
@@ -519,9 +526,24 @@ mod tests {
         assert_eq!(volume.len(), 1, "agent.volume");
         // Fields whose default is a value: documented when their key is in the table.
         for key in [
-            "schedule", "jitter", "tick", "include", "exclude", "consistency", "freeze_timeout",
-            "stop_timeout", "hook_timeout", "shutdown_timeout", "metrics_listen", "check_every",
-            "check_read_percent", "drill_every", "drill_sample_percent", "nice", "io_idle",
+            "schedule",
+            "jitter",
+            "tick",
+            "include",
+            "exclude",
+            "consistency",
+            "freeze_timeout",
+            "stop_timeout",
+            "hook_timeout",
+            "shutdown_timeout",
+            "metrics_listen",
+            "check_every",
+            "check_read_percent",
+            "drill_every",
+            "drill_sample_percent",
+            "nice",
+            "io_idle",
+            "watch",
         ] {
             assert!(
                 locate(&uncommented, Some("agent"), key).is_some(),

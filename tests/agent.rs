@@ -152,9 +152,13 @@ fn snapshots_of(repo: &TestRepo, volume: &str) -> usize {
 }
 
 fn config(volumes: &[&str], extra: &str) -> String {
+    config_every("2s", volumes, extra)
+}
+
+fn config_every(schedule: &str, volumes: &[&str], extra: &str) -> String {
     let include: Vec<String> = volumes.iter().map(|v| format!("{v:?}")).collect();
     format!(
-        "docker_root = {:?}\n[agent]\nschedule = \"2s\"\njitter = \"0s\"\ntick = \"1s\"\n\
+        "docker_root = {:?}\n[agent]\nschedule = {schedule:?}\njitter = \"0s\"\ntick = \"1s\"\n\
          metrics_listen = \"127.0.0.1:0\"\nshutdown_timeout = \"1s\"\ncheck_every = \"off\"\n\
          drill_every = \"off\"\ninclude = [{}]\n{extra}",
         docker_root().display().to_string(),
@@ -214,6 +218,27 @@ fn agent_notifies_schedules_reloads_and_stops_within_its_bound() {
         "{metrics}"
     );
 
+    // The agent runs the watcher: a host process writing into `a` is a foreign write.
+    std::fs::write(volume_data_dir(&a).join("planted"), b"x").unwrap();
+    let until = Instant::now() + WAIT;
+    let counted = format!("volguard_foreign_writes_total{{volume=\"{a}\"}} ");
+    while !http_get(&agent, &addr, "/metrics")
+        .lines()
+        .any(|l| l.starts_with(&counted) && !l.ends_with(" 0"))
+    {
+        assert!(
+            Instant::now() < until,
+            "no foreign write counted; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.log().contains("foreign change to volume"),
+        "{}",
+        agent.log()
+    );
+
     // A broken config on SIGHUP is refused; the agent keeps running as it was.
     agent.rewrite_config("[agent]\nschedule = \"sometimes\"\n");
     let until = Instant::now() + WAIT;
@@ -249,7 +274,7 @@ fn agent_notifies_schedules_reloads_and_stops_within_its_bound() {
 
     // SIGTERM while the big volume is being backed up: gone within the 1 s bound (plus
     // slack for a loaded machine), and the repository is consistent.
-    agent.rewrite_config(&config(&[&a, &b, &big], "schedule = \"1h\"\n"));
+    agent.rewrite_config(&config_every("1h", &[&a, &b, &big], ""));
     agent.wait_status("the big backup running", |s| {
         s["activity"].as_str() == Some(&format!("backing up {big}"))
     });

@@ -168,6 +168,8 @@ pub struct AgentSettings {
     /// CPU niceness (0..19) and idle I/O class, so containers are not starved.
     pub nice: i32,
     pub io_idle: bool,
+    /// Run the watcher (`volguard watch`, with the `[watch]` table) inside the agent.
+    pub watch: bool,
     pub volume: Vec<VolumeSettings>,
 }
 
@@ -193,6 +195,7 @@ impl Default for AgentSettings {
             retention: None,
             nice: 10,
             io_idle: true,
+            watch: true,
             volume: Vec::new(),
         }
     }

@@ -169,6 +169,7 @@ pub(crate) fn run(g: &Globals) -> Result<i32> {
         Some(addr.to_string())
     };
 
+    let watcher = start_watcher(&loaded, Arc::clone(&metrics));
     let mut agent = Agent {
         g: g.clone(),
         started: now(),
@@ -194,7 +195,58 @@ pub(crate) fn run(g: &Globals) -> Result<i32> {
         agent.volumes.len(),
         loaded.repo.location()
     );
-    agent.main_loop(&mut loaded, &rx)
+    let code = agent.main_loop(&mut loaded, &rx);
+    if let Some((stop, thread)) = watcher {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = thread.join();
+    }
+    code
+}
+
+/// The watcher on a thread of its own, with the `[watch]` settings the agent started
+/// with (a reload does not restart it). Foreign writes and lost events are counted in the
+/// metrics; the watcher itself logs and sends its warnings. A watcher that cannot run (not
+/// root, an old kernel) is a warning: backups go on without it.
+fn start_watcher(
+    loaded: &Loaded,
+    metrics: Arc<Mutex<Metrics>>,
+) -> Option<(
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+)> {
+    if !loaded.settings.watch {
+        return None;
+    }
+    let opts = crate::watch::WatchOptions {
+        docker_root: loaded.ctx.docker_root.clone(),
+        state_dir: crate::config::state_dir(),
+        settings: loaded.ctx.file.watch.clone(),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            let mut sink = |n: crate::watch::Notice| {
+                let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                match n {
+                    crate::watch::Notice::Event(e) if e.warning || e.rate_limited => {
+                        m.volumes
+                            .entry(e.volume.clone())
+                            .or_default()
+                            .foreign_writes += 1;
+                    }
+                    crate::watch::Notice::Lost { .. } => m.events_lost += 1,
+                    _ => {}
+                }
+            };
+            if let Err(e) = crate::watch::run(&opts, &flag, &mut sink) {
+                tracing::warn!("the watcher is not running: {e}");
+            }
+        })
+        .map_err(|e| tracing::warn!("cannot start the watcher: {e}"))
+        .ok()?;
+    Some((stop, thread))
 }
 
 fn forward_signals(tx: Sender<Event>) -> Result<()> {
