@@ -85,7 +85,8 @@ enum Event {
     Signal(i32),
     Done {
         job: Job,
-        result: std::result::Result<Option<backup::Report>, String>,
+        // Boxed: a backup report is large, and signals are sent far more often.
+        result: Box<std::result::Result<Option<backup::Report>, String>>,
         seconds: f64,
     },
 }
@@ -305,7 +306,7 @@ impl Agent {
                     job,
                     result,
                     seconds,
-                }) => self.finished(loaded, job, result, seconds),
+                }) => self.finished(loaded, job, *result, seconds),
                 None => {}
             }
             if last_refresh.elapsed() >= loaded.settings.tick {
@@ -494,7 +495,7 @@ impl Agent {
                 };
                 let _ = tx.send(Event::Done {
                     job,
-                    result,
+                    result: Box::new(result),
                     seconds: started.elapsed().as_secs_f64(),
                 });
             });
@@ -657,7 +658,7 @@ impl Agent {
                         result,
                         seconds,
                     }) => {
-                        self.finished(loaded, job, result, seconds);
+                        self.finished(loaded, job, *result, seconds);
                         break;
                     }
                     Ok(Event::Signal(_)) => continue,
