@@ -498,6 +498,16 @@ pub enum Verdict {
     Foreign,
 }
 
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Container => "container",
+            Verdict::Docker => "docker",
+            Verdict::Foreign => "foreign",
+        }
+    }
+}
+
 /// Decides the verdict. `mounts(container_id, volume)` says whether that container mounts
 /// the volume. Container membership is decided first, so a program inside a container that
 /// merely calls itself `runc` is judged as that container.
