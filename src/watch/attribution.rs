@@ -395,7 +395,7 @@ impl ProcCache {
                                 );
                                 (merged, true)
                             }
-                            None => (i, true),
+                            None => (self.inherit_cgroup(i), true),
                         }
                     }
                     Some(i) => (i, false),
@@ -403,6 +403,31 @@ impl ProcCache {
                 }
             }
             None => self.gone(pid, cached),
+        }
+    }
+
+    /// An exiting process caught by nothing earlier may have left its cgroup already; a
+    /// forked child is in its parent's cgroup (unless moved), so take the parent's.
+    fn inherit_cgroup(&self, info: Arc<ProcInfo>) -> Arc<ProcInfo> {
+        if info.container.is_some() {
+            return info;
+        }
+        let Some(ppid) = info.ppid.filter(|&p| p > 0) else {
+            return info;
+        };
+        let parent = self
+            .lock()
+            .get(&ppid)
+            .map(|e| e.info.clone())
+            .or_else(|| snapshot(ppid).map(Arc::new));
+        match parent {
+            Some(p) if p.container.is_some() || p.unit.is_some() => {
+                let mut i = (*info).clone();
+                i.container = p.container.clone();
+                i.unit = i.unit.or_else(|| p.unit.clone());
+                Arc::new(i)
+            }
+            _ => info,
         }
     }
 
@@ -496,6 +521,16 @@ pub enum Verdict {
     Docker,
     /// Anything else, including a container writing into a volume it does not mount.
     Foreign,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Container => "container",
+            Verdict::Docker => "docker",
+            Verdict::Foreign => "foreign",
+        }
+    }
 }
 
 /// Decides the verdict. `mounts(container_id, volume)` says whether that container mounts

@@ -39,9 +39,9 @@ pub fn text_line(e: &WatchEvent) -> String {
         "ok"
     };
     format!(
-        "{} {tag} {:?} {}:{} {}{from} pid={} comm={} exe={} uid={}{}{}{}{}",
+        "{} {tag} {} {}:{} {}{from} pid={} comm={} exe={} uid={}{}{}{}{}",
         e.time,
-        e.verdict,
+        e.verdict.as_str(),
         e.volume,
         e.path,
         e.op.as_str(),

@@ -215,6 +215,24 @@ fn last_os_error() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// `fanotify_mark(FAN_MARK_ADD | FAN_MARK_FILESYSTEM)` of the filesystem holding `path`.
+fn mark_filesystem(fd: &OwnedFd, path: &Path, mask: u64) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: fd is an fanotify group we own, c is a NUL-terminated path that outlives
+    // the call.
+    let r = unsafe {
+        libc::fanotify_mark(
+            fd.as_raw_fd(),
+            FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
+            mask,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+        )
+    };
+    if r < 0 { Err(last_os_error()) } else { Ok(()) }
+}
+
 impl Fanotify {
     /// `fanotify_init` in FID + DFID + NAME mode, non-blocking (the caller polls, so it can
     /// notice its stop flag). EINVAL here means a kernel older than 5.9; EPERM means not root.
@@ -238,19 +256,7 @@ impl Fanotify {
     }
 
     fn mark(&self, path: &Path, mask: u64) -> std::io::Result<()> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: fd is ours, c is a NUL-terminated path that outlives the call.
-        let r = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
-                mask,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if r < 0 { Err(last_os_error()) } else { Ok(()) }
+        mark_filesystem(&self.fd, path, mask)
     }
 
     /// Marks the whole filesystem holding `path` (a mount mark would miss writes made
@@ -432,19 +438,7 @@ impl ExecWatch {
     }
 
     pub fn mark_filesystem(&self, path: &Path) -> std::io::Result<()> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: fd is ours, c is a NUL-terminated path that outlives the call.
-        let r = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
-                FAN_OPEN_EXEC,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if r < 0 { Err(last_os_error()) } else { Ok(()) }
+        mark_filesystem(&self.fd, path, FAN_OPEN_EXEC)
     }
 
     /// Everything queued now (never blocks).
