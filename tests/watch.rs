@@ -74,6 +74,11 @@ struct Watcher {
 /// group it creates, and no other test's watcher may be created meanwhile.
 static STARTING: Mutex<()> = Mutex::new(());
 
+/// One test at a time: each watcher marks the whole filesystem and follows every fork and
+/// exec on the machine, so parallel tests make each other's short-lived processes exit
+/// before they are caught, on a loaded 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 impl Watcher {
     fn start(config_text: &str, env: &[(&str, &str)]) -> Watcher {
         let _guard = STARTING.lock().unwrap_or_else(|e| e.into_inner());
@@ -259,6 +264,7 @@ fn config_with_hook(hook: &Hook) -> String {
 
 #[test]
 fn host_processes_each_warn_once_with_the_right_process_in_every_sink() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_docker();
     let mut cleanup = DockerCleanup::new();
     let (vol, data) = new_volume(&mut cleanup, "watch-host");
@@ -436,6 +442,7 @@ fn host_processes_each_warn_once_with_the_right_process_in_every_sink() {
 
 #[test]
 fn containers_writing_their_volume_and_dockerd_filling_one_are_not_warned() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_docker();
     let mut cleanup = DockerCleanup::new();
     let (vol, _) = new_volume(&mut cleanup, "watch-ctr");
@@ -514,6 +521,7 @@ fn containers_writing_their_volume_and_dockerd_filling_one_are_not_warned() {
 
 #[test]
 fn nsenter_into_a_container_from_a_host_cgroup_is_foreign() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_docker();
     let mut cleanup = DockerCleanup::new();
     let (vol, _) = new_volume(&mut cleanup, "watch-ns");
@@ -561,6 +569,7 @@ fn nsenter_into_a_container_from_a_host_cgroup_is_foreign() {
 
 #[test]
 fn a_process_that_exits_before_its_event_is_read_is_still_named() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_docker();
     let mut cleanup = DockerCleanup::new();
     let (vol, data) = new_volume(&mut cleanup, "watch-short");
@@ -602,6 +611,7 @@ fn a_process_that_exits_before_its_event_is_read_is_still_named() {
 
 #[test]
 fn queue_overflow_says_events_were_lost_and_marks_volumes_for_verify() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_docker();
     let mut cleanup = DockerCleanup::new();
     let (vol, data) = new_volume(&mut cleanup, "watch-overflow");
