@@ -72,7 +72,8 @@ fn definition(daemon: &PrivateDockerd, name: &str) -> (String, BTreeMap<String, 
     (v["Driver"].as_str().unwrap().to_string(), labels, options)
 }
 
-fn seen_by_container(daemon: &PrivateDockerd, volume: &str) -> String {
+/// Runs `script` with sh in a throwaway container that mounts `volume` at /d.
+fn in_volume(daemon: &PrivateDockerd, volume: &str, script: &str) -> String {
     daemon.docker(&[
         "run",
         "--rm",
@@ -83,23 +84,16 @@ fn seen_by_container(daemon: &PrivateDockerd, volume: &str) -> String {
         IMAGE,
         "sh",
         "-c",
-        LIST_VOLUME,
+        script,
     ])
 }
 
+fn seen_by_container(daemon: &PrivateDockerd, volume: &str) -> String {
+    in_volume(daemon, volume, LIST_VOLUME)
+}
+
 fn fill(daemon: &PrivateDockerd, volume: &str, script: &str) {
-    daemon.docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{volume}:/d"),
-        IMAGE,
-        "sh",
-        "-c",
-        &format!("set -e; cd /d; {script}"),
-    ]);
+    in_volume(daemon, volume, &format!("set -e; cd /d; {script}"));
 }
 
 fn copy_tree(from: &Path, to: &Path) {
