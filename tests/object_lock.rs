@@ -300,7 +300,17 @@ fn object_lock_prune_skips_locked_packs_then_deletes_every_version_after_expiry(
         current(&c, &bucket, "snapshots").is_empty(),
         "the backup finished before it was killed; the test needs an orphan"
     );
-    let orphans = current(&c, &bucket, "packs");
+    // Uploads whose body was already sent when the client died may still complete on the
+    // server, and a listing may lag a moment: take the orphans once the listing is still.
+    let mut orphans = current(&c, &bucket, "packs");
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        let again = current(&c, &bucket, "packs");
+        if again.keys().eq(orphans.keys()) {
+            break;
+        }
+        orphans = again;
+    }
 
     // First prune marks them; the second (grace over) must not delete them yet.
     repo.run_ok(&["prune", "--grace", "0s"]);
