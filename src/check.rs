@@ -37,8 +37,27 @@ pub fn run(
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let (index, index_problems) = repo.load_index()?;
+    let (mut index, index_problems) = repo.load_index()?;
     report.errors.extend(index_problems);
+    // Packs no readable index file lists are indexed here, in memory, from their own
+    // trailers: a damaged or deleted index file must not make intact data look lost.
+    let (marks, mark_problems) = crate::prune::load_marks(repo)?;
+    report.warnings.extend(mark_problems);
+    let marked: HashSet<PackId> = marks
+        .iter()
+        .flat_map(|(_, m)| m.packs.iter().copied())
+        .collect();
+    let (recovered, unreadable) = crate::repair::recover_in_memory(repo, &mut index, &marked)?;
+    for (id, why) in &unreadable {
+        report.errors.push(format!(
+            "packs/{id}: not in any index and its trailer is unreadable ({why}); whatever it \
+             held is lost"
+        ));
+    }
+    let recovered_blobs: HashMap<BlobId, PackId> = recovered
+        .iter()
+        .flat_map(|(p, entries)| entries.iter().map(move |e| (e.id, *p)))
+        .collect();
     let stored: HashMap<PackId, u64> = repo
         .block_on(repo.backend().list(Kind::Pack))?
         .into_iter()
@@ -70,14 +89,8 @@ pub fn run(
             Some(_) => {}
         }
     }
-    let (marks, mark_problems) = crate::prune::load_marks(repo)?;
-    report.warnings.extend(mark_problems);
-    let marked: HashSet<PackId> = marks
-        .iter()
-        .flat_map(|(_, m)| m.packs.iter().copied())
-        .collect();
     for id in stored.keys() {
-        if !index.has_pack(id) {
+        if !index.has_pack(id) && !unreadable.contains_key(id) {
             report.warnings.push(if marked.contains(id) {
                 format!("packs/{id}: marked for deletion and no longer indexed (a prune was interrupted; the next prune deletes it)")
             } else {
@@ -107,29 +120,42 @@ pub fn run(
     let (snapshots, snap_problems) = repo.list_snapshots()?;
     report.errors.extend(snap_problems);
     report.snapshots = snapshots.len();
-    let mut trees = TreeChecker {
-        repo,
-        index: &index,
-        bad: &bad,
-        memo: HashMap::new(),
-    };
+    let mut trees = TreeChecker::new(repo, &index, &bad).watching(&recovered_blobs);
+    let listed: HashSet<_> = snapshots.iter().map(|(id, _)| *id).collect();
     for (sid, snap) in &snapshots {
-        let Some(root) = snap.root.subtree else {
-            continue;
-        };
-        let problems = trees.check(&root);
-        for p in problems.iter() {
-            let path = if p.path.is_empty() {
-                "/".to_string()
-            } else {
-                format!("/{}", p.path)
-            };
+        for p in trees.snapshot_problems(snap) {
             report.errors.push(format!(
-                "snapshot {} ({} {}): {path}: {}",
+                "snapshot {} ({} {}): {p}",
                 sid.short(),
                 snap.volume,
                 snap.time,
-                p.what
+            ));
+        }
+        // A parent that is gone was usually forgotten; a snapshot object deleted behind
+        // volguard's back looks the same, so this is worth a line but not an error.
+        if let Some(parent) = snap.parent.filter(|p| !listed.contains(p)) {
+            report.warnings.push(format!(
+                "snapshots/{parent}: parent of snapshot {} ({} {}) is not in the repository \
+                 (forgotten, or deleted behind volguard's back)",
+                sid.short(),
+                snap.volume,
+                snap.time
+            ));
+        }
+    }
+    let mut used: Vec<_> = trees.used_watched.iter().collect();
+    used.sort();
+    for id in used {
+        report.errors.push(format!(
+            "packs/{id}: holds snapshot data but no readable index file lists it (an index \
+             file is damaged or was deleted); the data is intact: `volguard repair` rebuilds \
+             the index"
+        ));
+    }
+    for id in recovered.keys() {
+        if !trees.used_watched.contains(id) && !marked.contains(id) {
+            report.warnings.push(format!(
+                "packs/{id}: not in any index (left by an interrupted backup; the next backup indexes it)"
             ));
         }
     }
@@ -210,18 +236,57 @@ struct Problem {
 }
 
 /// Walks trees once each (memoized), collecting problems with paths relative to the tree.
-struct TreeChecker<'a> {
+/// `repair` uses it too, to find the snapshots it marks broken.
+pub(crate) struct TreeChecker<'a> {
     repo: &'a Repository,
     index: &'a Index,
     bad: &'a HashSet<BlobId>,
     memo: HashMap<BlobId, Rc<Vec<Problem>>>,
+    /// Blobs whose pack should be noted when a snapshot uses them.
+    watched: Option<&'a HashMap<BlobId, PackId>>,
+    /// The packs of watched blobs that some snapshot uses.
+    pub(crate) used_watched: HashSet<PackId>,
 }
 
-impl TreeChecker<'_> {
+impl<'a> TreeChecker<'a> {
+    pub(crate) fn new(repo: &'a Repository, index: &'a Index, bad: &'a HashSet<BlobId>) -> Self {
+        TreeChecker {
+            repo,
+            index,
+            bad,
+            memo: HashMap::new(),
+            watched: None,
+            used_watched: HashSet::new(),
+        }
+    }
+
+    fn watching(mut self, watched: &'a HashMap<BlobId, PackId>) -> Self {
+        self.watched = Some(watched);
+        self
+    }
+
+    fn touch(&mut self, id: &BlobId) {
+        if let Some(p) = self.watched.and_then(|w| w.get(id)) {
+            self.used_watched.insert(*p);
+        }
+    }
+
+    /// Every problem of one snapshot as `/path: what` (empty when it restores whole).
+    pub(crate) fn snapshot_problems(&mut self, snap: &crate::snapshot::Snapshot) -> Vec<String> {
+        let Some(root) = snap.root.subtree else {
+            return Vec::new();
+        };
+        self.check(&root)
+            .iter()
+            .map(|p| format!("/{}: {}", p.path, p.what))
+            .collect()
+    }
+
     fn check(&mut self, id: &BlobId) -> Rc<Vec<Problem>> {
         if let Some(p) = self.memo.get(id) {
             return p.clone();
         }
+        self.touch(id);
         let mut problems = Vec::new();
         let tree = if self.bad.contains(id) {
             Err(format!(
@@ -256,6 +321,9 @@ impl TreeChecker<'_> {
                             }
                         }
                         continue;
+                    }
+                    for c in &node.content {
+                        self.touch(c);
                     }
                     let missing = node
                         .content

@@ -74,6 +74,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete data no snapshot needs: mark it now, delete it in a later run after --grace.
     Prune(PruneArgs),
+    /// Rebuild the index from the packs themselves and mark the snapshots that are damaged
+    /// (good snapshots are left as they are; `snapshots` shows the mark).
+    Repair(RepairArgs),
     /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
@@ -371,6 +374,13 @@ pub struct ExportArgs {
     /// Compress the tar stream with zstd (`zstd -d | tar x`, or `tar --zstd -x`).
     #[arg(long)]
     pub zstd: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Say what would be written and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

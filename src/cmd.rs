@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
+    BackupArgs, CheckArgs, RepairArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
     InitArgs, InventoryArgs, LayerDiffArgs, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
 };
 use crate::config::{self, FileConfig};
@@ -107,6 +107,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => forget_cmd(&ctx, &a),
         Command::Inventory(a) => inventory_cmd(&ctx, &a),
         Command::Prune(a) => prune_cmd(&ctx, &a),
+        Command::Repair(a) => repair_cmd(&ctx, &a),
         Command::LayerDiff(a) => layer_diff_cmd(&ctx, &a),
         Command::Diff(a) => diff_cmd(&ctx, &a),
         Command::Verify(a) => verify_cmd(&ctx, &a),
@@ -613,9 +614,19 @@ pub(crate) fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::M
 }
 
 fn load_index_for_read(repo: &Repository) -> Result<Index> {
-    let (index, problems) = repo.load_index()?;
+    let (mut index, problems) = repo.load_index()?;
     for p in problems {
         tracing::warn!("{p}");
+    }
+    // Packs no readable index file lists (a damaged index file) are still read.
+    let marked = prune::MarkedPacks::load(repo)?;
+    let (recovered, _) = crate::repair::recover_in_memory(repo, &mut index, &marked.packs)?;
+    if !recovered.is_empty() {
+        tracing::info!(
+            "{} pack(s) are in no readable index file; read from their own trailers \
+             (`volguard repair` rebuilds the index)",
+            recovered.len()
+        );
     }
     Ok(index)
 }
@@ -641,6 +652,10 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
     for p in &problems {
         tracing::warn!("{p}");
     }
+    let (broken, mark_problems) = crate::repair::load_broken(&repo)?;
+    for p in &mark_problems {
+        tracing::warn!("{p}");
+    }
     let shown: Vec<_> = all
         .iter()
         .filter(|(_, s)| a.volume.as_ref().is_none_or(|v| &s.volume == v))
@@ -655,6 +670,7 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
                     "source": s.source, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()),
                     "files": s.summary.files, "total_bytes": s.summary.total_bytes,
                     "bytes_added": s.summary.bytes_added, "errors": s.summary.errors.len(),
+                    "broken": broken.get(&id.to_hex()).map(|b| &b.problems),
                 })
             })
             .collect();
@@ -666,13 +682,18 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
         );
         for (id, s) in &shown {
             println!(
-                "{:<10} {:<21} {:<16} {:<24} {:>8} {:>10}",
+                "{:<10} {:<21} {:<16} {:<24} {:>8} {:>10}{}",
                 id.short(),
                 s.time.get(..19).unwrap_or(&s.time),
                 s.host,
                 s.volume,
                 s.summary.files,
-                human_bytes(s.summary.total_bytes)
+                human_bytes(s.summary.total_bytes),
+                if crate::repair::is_broken(&broken, id) {
+                    "  BROKEN (see `volguard check`)"
+                } else {
+                    ""
+                }
             );
         }
         println!("{} snapshot(s)", shown.len());
@@ -893,10 +914,11 @@ fn finish_restore(
             );
         }
     }
+    // Per-file problems (damaged data, EACCES) are soft errors: everything else restored.
     Ok(if r.errors.is_empty() {
         exit::OK
     } else {
-        exit::ERROR
+        exit::PARTIAL
     })
 }
 
@@ -994,6 +1016,55 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
             .unwrap_or_else(|| due.to_string());
         println!("{packs} marked packs become deletable at {due} (a later prune deletes them)");
     }
+}
+
+fn repair_cmd(ctx: &Ctx, a: &RepairArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let r = crate::repair::run(&repo, &crate::repair::Options { dry_run: a.dry_run })?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&r).unwrap_or_default());
+    } else {
+        let would = if r.dry_run { "would " } else { "" };
+        for p in r.packs_unreadable.iter().chain(&r.blobs_damaged) {
+            println!("damaged: {p}");
+        }
+        for s in &r.unreadable_snapshots {
+            println!("unreadable snapshot object: {s}");
+        }
+        println!(
+            "{}: {} packs read, {} indexed ({} blobs), {} left out (marked by prune); \
+             {would}write {} index file(s), {would}delete {} old one(s)",
+            repo.location(),
+            r.packs_read,
+            r.packs_indexed,
+            r.blobs_indexed,
+            r.packs_marked_by_prune,
+            r.index_files_written.len(),
+            r.index_files_deleted.len()
+        );
+        for b in &r.broken_snapshots {
+            println!(
+                "{would}mark broken: snapshot {} ({} {}): {} damaged path(s)",
+                &b.id[..8],
+                b.volume,
+                b.time,
+                b.problems.len()
+            );
+            for p in &b.problems {
+                println!("  {p}");
+            }
+        }
+        println!(
+            "{} snapshot(s) checked, {} broken",
+            r.snapshots_checked,
+            r.broken_snapshots.len()
+        );
+    }
+    let damaged = !r.packs_unreadable.is_empty()
+        || !r.blobs_damaged.is_empty()
+        || !r.broken_snapshots.is_empty()
+        || !r.unreadable_snapshots.is_empty();
+    Ok(if damaged { exit::PARTIAL } else { exit::OK })
 }
 
 fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {

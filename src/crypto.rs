@@ -31,6 +31,7 @@ pub enum Purpose {
     MasterKey,
     Mark,
     Pending,
+    Repair,
 }
 
 impl Purpose {
@@ -44,6 +45,7 @@ impl Purpose {
             Purpose::MasterKey => b"volguard/master-key",
             Purpose::Mark => b"volguard/mark",
             Purpose::Pending => b"volguard/pending",
+            Purpose::Repair => b"volguard/repair",
         }
     }
 }

@@ -13,6 +13,8 @@ use crate::pack::{BlobKind, PackEntry};
 
 /// Largest index file accepted when reading (compressed, sealed).
 pub const MAX_INDEX_FILE_BYTES: usize = 512 * 1024 * 1024;
+/// Largest decompressed index file accepted.
+pub const MAX_INDEX_PLAIN_BYTES: usize = 4 * MAX_INDEX_FILE_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLoc {
@@ -55,12 +57,37 @@ impl IndexFile {
             ));
         }
         let compressed = keys.open(Purpose::Index, sealed, &what)?;
-        let plain = zstd::bulk::decompress(&compressed, 4 * MAX_INDEX_FILE_BYTES)
-            .map_err(|e| Error::corrupt(&what, format!("zstd: {e}")))?;
+        let plain = Self::decompress(&compressed, &what)?;
         if IndexId::from_hex(name).map(|id| id.0) != Some(keys.id_of(&plain)) {
             return Err(Error::corrupt(&what, "content does not match its name"));
         }
-        postcard::from_bytes(&plain).map_err(|e| Error::corrupt(&what, format!("decode: {e}")))
+        Self::decode_plain(&plain, &what)
+    }
+
+    /// Decompresses a decrypted index file, refusing more than `MAX_INDEX_PLAIN_BYTES`.
+    /// Streamed, so the buffer grows with the real content: `zstd::bulk::decompress` would
+    /// reserve the whole 2 GiB limit up front for every file, which libFuzzer's malloc
+    /// limit (and any `ulimit -v`) turns into an abort.
+    pub fn decompress(compressed: &[u8], what: &str) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let mut plain = Vec::new();
+        let dec = zstd::stream::read::Decoder::new(compressed)
+            .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?;
+        dec.take(MAX_INDEX_PLAIN_BYTES as u64 + 1)
+            .read_to_end(&mut plain)
+            .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?;
+        if plain.len() > MAX_INDEX_PLAIN_BYTES {
+            return Err(Error::corrupt(
+                what,
+                "decompresses to more than any index volguard writes",
+            ));
+        }
+        Ok(plain)
+    }
+
+    /// Decodes a decrypted, decompressed index file (fuzzed directly).
+    pub fn decode_plain(plain: &[u8], what: &str) -> Result<IndexFile> {
+        postcard::from_bytes(plain).map_err(|e| Error::corrupt(what, format!("decode: {e}")))
     }
 }
 

@@ -30,6 +30,7 @@ pub mod layer_diff;
 pub mod lock;
 pub mod pack;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;

@@ -173,8 +173,14 @@ pub fn parse_trailer(
     what: &str,
 ) -> Result<Vec<PackEntry>> {
     let plain = keys.open(Purpose::PackTrailer, sealed, what)?;
+    parse_trailer_plain(&plain, blob_area, what)
+}
+
+/// Decodes and validates a decrypted trailer (split out so it can be fuzzed directly: a
+/// key holder, or a bug, can hand it any bytes).
+pub fn parse_trailer_plain(plain: &[u8], blob_area: u64, what: &str) -> Result<Vec<PackEntry>> {
     let entries: Vec<PackEntry> =
-        postcard::from_bytes(&plain).map_err(|e| Error::corrupt(what, format!("trailer: {e}")))?;
+        postcard::from_bytes(plain).map_err(|e| Error::corrupt(what, format!("trailer: {e}")))?;
     for e in &entries {
         if e.offset as u64 + e.length as u64 > blob_area
             || e.raw_length > MAX_BLOB_BYTES

@@ -377,7 +377,16 @@ pub fn to_dir(
                                 };
                                 match result {
                                     Ok(()) => r.verified_files += opts.verify as u64,
-                                    Err(e) => r.errors.push(format!("{}: {e}", t.display)),
+                                    Err(e) => {
+                                        // A file that could not be restored whole is not
+                                        // left behind with wrong bytes: it is removed and
+                                        // named as a soft error.
+                                        let gone = match std::fs::remove_file(&t.path) {
+                                            Ok(()) => "not restored",
+                                            Err(_) => "left incomplete",
+                                        };
+                                        r.errors.push(format!("{}: {gone}: {e}", t.display))
+                                    }
                                 }
                             }
                         }

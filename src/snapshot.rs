@@ -81,10 +81,15 @@ impl Snapshot {
         if SnapshotId::from_hex(name).map(|i| i.0) != Some(keys.id_of(&plain)) {
             return Err(Error::corrupt(&what, "content does not match its name"));
         }
-        let snap: Snapshot = serde_json::from_slice(&plain)
-            .map_err(|e| Error::corrupt(&what, format!("decode: {e}")))?;
+        Self::decode_plain(&plain, &what)
+    }
+
+    /// Decodes a decrypted snapshot (fuzzed directly).
+    pub fn decode_plain(plain: &[u8], what: &str) -> Result<Snapshot> {
+        let snap: Snapshot = serde_json::from_slice(plain)
+            .map_err(|e| Error::corrupt(what, format!("decode: {e}")))?;
         if snap.root.subtree.is_none() {
-            return Err(Error::corrupt(&what, "snapshot has no root tree"));
+            return Err(Error::corrupt(what, "snapshot has no root tree"));
         }
         Ok(snap)
     }

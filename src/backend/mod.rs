@@ -24,6 +24,8 @@ pub enum Kind {
     Mark,
     /// Blobs a running backup is about to upload (see inflight.rs).
     Pending,
+    /// Snapshots `repair` found broken (see repair.rs).
+    Repair,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Snapshot => "snapshots",
             Kind::Mark => "marks",
             Kind::Pending => "pending",
+            Kind::Repair => "repair",
         }
     }
 }
