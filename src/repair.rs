@@ -188,6 +188,13 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
         .map(|o| o.name)
         .collect();
 
+    // What the old index files still say, for packs whose trailer is lost.
+    let mut old_entries: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    repo.for_each_index_file(|_, f| {
+        for p in f.packs {
+            old_entries.entry(p.id).or_insert(p.blobs);
+        }
+    })?;
     let mut packs: Vec<IndexedPack> = Vec::new();
     for obj in repo.block_on(repo.backend().list(Kind::Pack))? {
         let Some(id) = PackId::from_hex(&obj.name) else {
@@ -209,7 +216,12 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
             Ok(e) => e,
             Err(e) => {
                 report.packs_unreadable.push(format!("{what}: {e}"));
-                continue;
+                // The trailer is gone (a truncated pack), but the old index may still say
+                // where its blobs were: those that are still whole are kept.
+                match old_entries.remove(&id) {
+                    Some(known) => known,
+                    None => continue,
+                }
             }
         };
         let good: Vec<PackEntry> = entries

@@ -288,10 +288,16 @@ fn one_case(target: Target, fault: Fault, counts: &mut Counts) {
             object = format!("packs/{p}");
             let at = loc.offset as usize + loc.length as usize / 2;
             damage(&pack_path(&t, &p), fault, Some(at));
-            bad = if fault == Fault::BitFlip {
-                [blob].into()
-            } else {
-                blobs_in(&p)
+            // A truncated pack keeps the blobs that lie wholly in its first half.
+            let half = std::fs::metadata(pack_path(&t, &p)).map_or(0, |m| m.len());
+            bad = match fault {
+                Fault::BitFlip => [blob].into(),
+                Fault::Truncate => index
+                    .iter()
+                    .filter(|(_, q, l)| *q == p && u64::from(l.offset + l.length) > half)
+                    .map(|(b, _, _)| *b)
+                    .collect(),
+                Fault::Delete => blobs_in(&p),
             };
         }
         Target::IndexFile => {
