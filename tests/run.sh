@@ -44,9 +44,9 @@ cargo test --release "$@"
 
 # Fuzz targets (tests/fuzz) for a bounded time each: on a whole-suite run (no arguments), or
 # whenever VOLGUARD_FUZZ_SECS is set; VOLGUARD_FUZZ_SECS=0 skips them.
-if [[ $# -eq 0 || -n "${VOLGUARD_FUZZ_SECS:-}" ]] && [[ "${VOLGUARD_FUZZ_SECS:-40}" != 0 ]]; then
-    phase "fuzz" "tests/fuzz/run.sh (${VOLGUARD_FUZZ_SECS:-40}s per target)"
-    bash "${REPO_ROOT}/tests/fuzz/run.sh" "${VOLGUARD_FUZZ_SECS:-40}"
+if [[ $# -eq 0 || -n "${VOLGUARD_FUZZ_SECS:-}" ]] && [[ "${VOLGUARD_FUZZ_SECS:-20}" != 0 ]]; then
+    phase "fuzz" "tests/fuzz/run.sh (${VOLGUARD_FUZZ_SECS:-20}s per target)"
+    bash "${REPO_ROOT}/tests/fuzz/run.sh" "${VOLGUARD_FUZZ_SECS:-20}"
 fi
 
 phase "done" "all tests passed in $((SECONDS - start))s"

@@ -14,14 +14,14 @@
 # runs add up over time. A crash fails the run and leaves the input in
 # ~/.cache/volguard/fuzz-artifacts/<target>/; turn it into a regression unit test.
 #
-# Usage: bash tests/fuzz/run.sh [SECONDS_PER_TARGET]   (default: VOLGUARD_FUZZ_SECS or 40)
+# Usage: bash tests/fuzz/run.sh [SECONDS_PER_TARGET]   (default: VOLGUARD_FUZZ_SECS or 20)
 set -euo pipefail
 
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STATE_DIR="${HOME}/.cache/volguard"
 CARGO_FUZZ="${STATE_DIR}/cargo-fuzz/bin/cargo-fuzz"
-SECS="${1:-${VOLGUARD_FUZZ_SECS:-40}}"
-TARGETS=(bolt_reader container_config)
+SECS="${1:-${VOLGUARD_FUZZ_SECS:-20}}"
+TARGETS=(bolt_reader container_config pack index tree snapshot fanotify_records tar_import)
 # Largest real seed is a 64 KiB metadata.db; inputs may grow a little past it.
 MAX_LEN=131072
 
