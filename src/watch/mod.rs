@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod command;
 pub mod fanotify;
+mod forensic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -63,6 +64,9 @@ pub struct WatchOptions {
     /// Event log and verify marks live here (`$VOLGUARD_STATE_DIR`).
     pub state_dir: PathBuf,
     pub settings: WatchSettings,
+    /// Global flags for another volguard process on the same configuration, repository,
+    /// key and Docker root (forensic snapshots run one).
+    pub volguard_args: Vec<std::ffi::OsString>,
 }
 
 impl WatchOptions {
@@ -509,7 +513,6 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
 
     let mut w = Watcher {
         opts,
-        log,
         limiter: RateLimiter::new(
             opts.settings
                 .rate_limit
@@ -521,6 +524,8 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
             ),
         ),
         delivery: Delivery::start(opts.settings.webhook.clone(), opts.settings.command.clone()),
+        forensic: forensic::Forensic::new(opts, log.clone()),
+        log,
         coalesce: HashMap::new(),
     };
     w.note_restart(&model, sink);
@@ -785,6 +790,7 @@ struct Watcher<'a> {
     log: EventLog,
     limiter: RateLimiter,
     delivery: Delivery,
+    forensic: Option<forensic::Forensic>,
     /// (pid, start time, volume, path) → (ops already reported or implied, last event).
     coalesce: HashMap<(i32, u64, String, String), (u8, Instant)>,
 }
@@ -908,6 +914,9 @@ impl Watcher<'_> {
             );
         }
         self.delivery.send(value.to_string().into_bytes());
+        if let Some(f) = &mut self.forensic {
+            f.on_warning(&ev.volume, Instant::now());
+        }
     }
 
     fn lost(&mut self, volumes: &[String], reason: &str, sink: &mut dyn FnMut(Notice)) {
