@@ -52,6 +52,11 @@ const MAX_DIR_CACHE: usize = 65_536;
 /// One read returns as many queued events as fit.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 const POLL_MS: i32 = 200;
+/// After a read that found only a few events, wait this long before the next one, so a
+/// steady trickle (a container appending 1,000 times a second) is read in batches: one
+/// wake-up and one /proc look-up per process per batch instead of per event. It adds at
+/// most this much to a warning's latency; a busy queue (a large read) is read at once.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Test hook: wait this long before each read of the event queue, so tests can make
 /// processes exit before their events are read, and fill the queue until it overflows.
 /// Not for production use.
@@ -545,6 +550,7 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
+    let mut trickle = false;
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -570,10 +576,14 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
                 model.refresh_containers();
             }
         }
+        if trickle {
+            std::thread::sleep(BATCH_WINDOW);
+        }
         let n = match fan.read(&mut buf, POLL_MS) {
             Ok(n) => n,
             Err(e) => break Err(Error::Other(format!("reading fanotify events failed: {e}"))),
         };
+        trickle = n > 0 && n < buf.len() / 4;
         if n == 0 {
             continue;
         }
