@@ -487,6 +487,7 @@ mod tests {
             event_log_max_bytes,
             event_log_keep,
             forensic_snapshot: _,
+            forensic_snapshot_interval_secs,
         } = watch;
         assert!(watch_webhook.is_some(), "watch.webhook");
         assert!(command.is_some(), "watch.command");
@@ -500,6 +501,10 @@ mod tests {
             "watch.event_log_*"
         );
         assert!(locate(&uncommented, Some("watch"), "forensic_snapshot").is_some());
+        assert!(
+            forensic_snapshot_interval_secs.is_some(),
+            "watch.forensic_snapshot_interval_secs"
+        );
         let crate::agent::config::AgentSettings {
             schedule: _,
             jitter: _,

@@ -41,11 +41,17 @@ pub struct WatchSettings {
     /// Event log size before rotation (default 10 MiB) and rotated files kept (default 5).
     pub event_log_max_bytes: Option<u64>,
     pub event_log_keep: Option<usize>,
-    /// Take a backup tagged `forensic` of a volume when a foreign change hits it.
-    /// Not implemented yet: setting it is refused, so nobody relies on it silently.
+    /// Back up a volume at once (tags `forensic`, `foreign-write`) when a foreign change
+    /// warning hits it, so the evidence is kept before anyone tidies up.
     #[serde(default)]
     pub forensic_snapshot: bool,
+    /// At most one forensic snapshot per volume within this many seconds (default 600):
+    /// a runaway writer must not turn into a backup loop.
+    pub forensic_snapshot_interval_secs: Option<u64>,
 }
+
+/// Default spacing of forensic snapshots of one volume.
+pub const DEFAULT_FORENSIC_INTERVAL_SECS: u64 = 600;
 
 /// One allow rule: every field given must match.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -115,9 +121,6 @@ impl WatchSettings {
         }
         if self.rate_limit == Some(0) {
             return Err("[watch] rate_limit = 0 would drop every warning; remove it for the default (10) or give a positive number".into());
-        }
-        if self.forensic_snapshot {
-            return Err("[watch] forensic_snapshot is not implemented yet; remove it (run `volguard backup VOLUME --tag forensic` by hand, or from the command hook)".into());
         }
         Ok(())
     }
@@ -198,6 +201,7 @@ fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
 /// A size-rotated JSON lines file: `events.jsonl`, then `events.jsonl.1` (newest rotated)
 /// to `.N`. Each line is written with one `write` on an O_APPEND file, so readers never see
 /// half a line from a crash between lines.
+#[derive(Clone)]
 pub struct EventLog {
     path: PathBuf,
     max_bytes: u64,
@@ -302,6 +306,22 @@ pub fn mark_for_verify(state_dir: &Path, volumes: &[String], reason: &str, time:
             path.display()
         );
     }
+}
+
+/// Removes `volume`'s verify mark (a `verify` found nothing unexplained); true when there
+/// was one.
+pub fn clear_verify_mark(state_dir: &Path, volume: &str) -> std::io::Result<bool> {
+    let path = verify_marks_path(state_dir);
+    let mut doc = verify_marks(state_dir);
+    let removed = doc["volumes"]
+        .as_object_mut()
+        .is_some_and(|m| m.remove(volume).is_some());
+    if removed {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, doc.to_string())?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(removed)
 }
 
 pub fn verify_marks(state_dir: &Path) -> serde_json::Value {
