@@ -65,8 +65,8 @@ const POLICY: [&str; 6] = [
 const SNAPSHOT_STEP_SECS: i64 = 6 * 3600;
 /// 2025-01-01T00:00:00Z.
 const FIRST_SNAPSHOT_UNIX: i64 = 1_735_689_600;
-/// Written last into a cache directory whose population completed.
-const DONE: &str = "populated.json";
+/// In a cache directory: how many snapshots it holds (see `populate`).
+const PROGRESS: &str = "progress.json";
 
 #[derive(Parser)]
 #[command(about = "forget + prune: volguard vs restic on 1,000 snapshots and 1M+ blobs")]
@@ -81,7 +81,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     snapshots: usize,
     /// Batches of files each snapshot holds (older ones are dropped from the data).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 3)]
     window: usize,
     /// volguard binary to use instead of building this checkout's.
     #[arg(long)]
@@ -112,7 +112,12 @@ struct Shape {
 }
 
 impl Shape {
-    fn dir_name(self) -> String {
+    /// The cache directory does not depend on the snapshot count (see `populate`).
+    fn cache_name(self) -> String {
+        format!("f{}-w{}", self.files, self.window)
+    }
+
+    fn work_name(self) -> String {
         format!("s{}-f{}-w{}", self.snapshots, self.files, self.window)
     }
 }
@@ -179,13 +184,14 @@ fn main() -> Result<()> {
     };
     let bin = resolve_volguard(&args)?;
     let cached = Repos {
-        root: args.cache.join(shape.dir_name()),
+        root: args.cache.join(shape.cache_name()),
     };
     let populated = populate(&cached, &bin, shape)?;
+    let restic_blob_count = restic_blobs(&cached)?;
 
     fs::create_dir_all(&args.workdir)?;
     let work = Repos {
-        root: args.workdir.join(shape.dir_name()),
+        root: args.workdir.join(shape.work_name()),
     };
     if work.root.exists() {
         fs::remove_dir_all(&work.root)
@@ -223,7 +229,7 @@ fn main() -> Result<()> {
         rs.snapshots_after
     );
 
-    let table = report(&args, shape, &populated, &bin, &vg, &rs);
+    let table = report(&args, shape, &populated, restic_blob_count, &bin, &vg, &rs);
     println!("{table}");
     let out = common::target_dir()?.join("bench-prune.md");
     fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
@@ -234,33 +240,110 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// What the population left, recorded in the cache directory.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Populated {
+/// How far the population of a cache directory got, rewritten after every snapshot.
+#[derive(Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct Progress {
     snapshots: usize,
-    data_blobs: usize,
     data_bytes: u64,
-    restic_blobs: u64,
     seconds: f64,
 }
 
-/// Makes the pristine repositories unless the cache already has them.
-fn populate(repos: &Repos, bin: &Path, shape: Shape) -> Result<Populated> {
-    let done = repos.root.join(DONE);
-    if let Ok(bytes) = fs::read(&done) {
+/// Makes (or continues) the pristine repositories up to `shape.snapshots` snapshots.
+///
+/// Snapshot `i` does not depend on how many follow it, so one cache directory serves every
+/// snapshot count: a run asking for more snapshots than the cache has continues where the
+/// last one stopped (the data directory is regenerated from the seeds). Creating the file
+/// `STOP` in the cache directory ends a population cleanly after the current snapshot.
+fn populate(repos: &Repos, bin: &Path, shape: Shape) -> Result<Progress> {
+    let progress_path = repos.root.join(PROGRESS);
+    let mut progress = match fs::read(&progress_path) {
+        Ok(bytes) => serde_json::from_slice::<Progress>(&bytes)?,
+        Err(_) => {
+            if repos.root.exists() {
+                // Never got past `init`: start over.
+                fs::remove_dir_all(&repos.root)
+                    .with_context(|| format!("clearing {}", repos.root.display()))?;
+            }
+            init_repos(repos, bin)?;
+            let p = Progress::default();
+            save_progress(&progress_path, &p)?;
+            p
+        }
+    };
+    ensure!(
+        progress.snapshots <= shape.snapshots,
+        "{} holds {} snapshots, more than the {} asked for: pass --snapshots {} (at --scale 1) \
+         or use another --cache",
+        repos.root.display(),
+        progress.snapshots,
+        shape.snapshots,
+        progress.snapshots
+    );
+    if progress.snapshots == shape.snapshots {
         eprintln!(
-            "[prune] using the cached repositories in {}",
-            repos.root.display()
+            "[prune] using the cached repositories in {} ({} snapshots)",
+            repos.root.display(),
+            progress.snapshots
         );
-        return Ok(serde_json::from_slice(&bytes)?);
+        return Ok(progress);
     }
-    if repos.root.exists() {
-        // A population that did not finish: start over.
-        fs::remove_dir_all(&repos.root)
-            .with_context(|| format!("clearing {}", repos.root.display()))?;
+    let log = repos.root.join("populate.log");
+    let stop = repos.root.join("STOP");
+    let data = repos.root.join("data");
+    if data.exists() {
+        fs::remove_dir_all(&data)?;
     }
-    fs::create_dir_all(&repos.root)?;
+    fs::create_dir_all(&data)?;
+    for i in progress.snapshots.saturating_sub(shape.window)..progress.snapshots {
+        write_batch(&data.join(batch_name(i)), i, shape.files)?;
+    }
+    eprintln!(
+        "[prune] populating snapshots {} to {} ({} new files each, window {}) in {}; \
+         `touch {}` stops after the current one",
+        progress.snapshots + 1,
+        shape.snapshots,
+        shape.files,
+        shape.window,
+        repos.root.display(),
+        stop.display()
+    );
     let started = Instant::now();
+    let seconds_before = progress.seconds;
+    for i in progress.snapshots..shape.snapshots {
+        if stop.exists() {
+            fs::remove_file(&stop)?;
+            bail!(
+                "population stopped by {} after {} snapshots; measure them with --snapshots {} \
+                 (at --scale 1), or run again to continue",
+                stop.display(),
+                i,
+                i
+            );
+        }
+        let bytes = write_batch(&data.join(batch_name(i)), i, shape.files)?;
+        if i >= shape.window {
+            fs::remove_dir_all(data.join(batch_name(i - shape.window)))?;
+        }
+        backup_both(repos, bin, &data, i, &log)?;
+        progress.snapshots = i + 1;
+        progress.data_bytes += bytes;
+        progress.seconds = seconds_before + started.elapsed().as_secs_f64();
+        save_progress(&progress_path, &progress)?;
+        if (i + 1) % 50 == 0 || i + 1 == shape.snapshots {
+            eprintln!(
+                "[prune] {} / {} snapshots, {:.0} s",
+                i + 1,
+                shape.snapshots,
+                progress.seconds
+            );
+        }
+    }
+    fs::remove_dir_all(&data)?;
+    Ok(progress)
+}
+
+fn init_repos(repos: &Repos, bin: &Path) -> Result<()> {
+    fs::create_dir_all(&repos.root)?;
     let log = repos.root.join("populate.log");
     let mut key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut key);
@@ -271,92 +354,71 @@ fn populate(repos: &Repos, bin: &Path, shape: Shape) -> Result<Populated> {
         .open(repos.key())
         .and_then(|mut f| f.write_all(hex::encode(key).as_bytes()))?;
     quiet(repos.volguard_cmd(bin).arg("init"), &log)?;
-    quiet(repos.restic_cmd().arg("init"), &log)?;
+    quiet(repos.restic_cmd().arg("init"), &log)
+}
 
-    let data = repos.root.join("data");
-    fs::create_dir_all(&data)?;
-    let mut data_bytes = 0u64;
-    eprintln!(
-        "[prune] populating {} snapshots x {} new files (window {}) into {}",
-        shape.snapshots,
-        shape.files,
-        shape.window,
-        repos.root.display()
+fn save_progress(path: &Path, progress: &Progress) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(progress)?)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Snapshot `i` of `data` by both tools, at the same synthetic time.
+fn backup_both(repos: &Repos, bin: &Path, data: &Path, i: usize, log: &Path) -> Result<()> {
+    let secs = FIRST_SNAPSHOT_UNIX + i as i64 * SNAPSHOT_STEP_SECS;
+    let when = time::OffsetDateTime::from_unix_timestamp(secs)?;
+    let rfc3339 = when.format(&time::format_description::well_known::Rfc3339)?;
+    let restic_time = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        when.year(),
+        u8::from(when.month()),
+        when.day(),
+        when.hour(),
+        when.minute(),
+        when.second()
     );
-    for i in 0..shape.snapshots {
-        data_bytes += write_batch(&data.join(batch_name(i)), i, shape.files)?;
-        if i >= shape.window {
-            fs::remove_dir_all(data.join(batch_name(i - shape.window)))?;
-        }
-        let secs = FIRST_SNAPSHOT_UNIX + i as i64 * SNAPSHOT_STEP_SECS;
-        let when = time::OffsetDateTime::from_unix_timestamp(secs)?;
-        let rfc3339 = when.format(&time::format_description::well_known::Rfc3339)?;
-        let restic_time = format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            when.year(),
-            u8::from(when.month()),
-            when.day(),
-            when.hour(),
-            when.minute(),
-            when.second()
-        );
-        // Both backups of one step read the same directory at once: half the wall time.
-        let mut vg = repos.volguard_cmd(bin);
-        vg.args(["backup", "--path"])
-            .arg(&data)
-            .args(["--name", NAME, "--time", &rfc3339]);
-        let mut rs = repos.restic_cmd();
-        rs.args(["backup", "--quiet", "--host", NAME, "--time", &restic_time])
-            .arg(&data);
-        let vg_child = vg
+    // Both backups of one step read the same directory at once: half the wall time.
+    let mut vg = repos.volguard_cmd(bin);
+    vg.args(["backup", "--path"])
+        .arg(data)
+        .args(["--name", NAME, "--time", &rfc3339]);
+    let mut rs = repos.restic_cmd();
+    rs.args(["backup", "--quiet", "--host", NAME, "--time", &restic_time])
+        .arg(data);
+    let mut children = Vec::new();
+    for (tool, cmd) in [("volguard", &mut vg), ("restic", &mut rs)] {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()?;
-        let rs_child = rs
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        for (tool, child) in [("volguard", vg_child), ("restic", rs_child)] {
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!(
-                    "{tool} backup of snapshot {i} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        if (i + 1) % 50 == 0 || i + 1 == shape.snapshots {
-            eprintln!(
-                "[prune] {} / {} snapshots, {:.0} s",
-                i + 1,
-                shape.snapshots,
-                started.elapsed().as_secs_f64()
+            .spawn()
+            .with_context(|| format!("starting {tool}"))?;
+        children.push((tool, child));
+    }
+    for (tool, child) in children {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let _ = fs::write(log, err.as_bytes());
+            bail!(
+                "{tool} backup of snapshot {i} failed ({}): {err}",
+                out.status
             );
         }
     }
-    fs::remove_dir_all(&data)?;
+    Ok(())
+}
+
+/// Blobs in restic's repository (data and trees), from `restic list blobs`.
+fn restic_blobs(repos: &Repos) -> Result<u64> {
     let listed = repos
         .restic_cmd()
         .args(["list", "blobs"])
         .stderr(Stdio::inherit())
         .output()?;
     ensure!(listed.status.success(), "restic list blobs failed");
-    let populated = Populated {
-        snapshots: shape.snapshots,
-        data_blobs: shape.snapshots * shape.files,
-        data_bytes,
-        restic_blobs: listed.stdout.iter().filter(|b| **b == b'\n').count() as u64,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    fs::write(&done, serde_json::to_vec_pretty(&populated)?)?;
-    eprintln!(
-        "[prune] populated in {:.0} s ({} blobs in restic's repository)",
-        populated.seconds, populated.restic_blobs
-    );
-    Ok(populated)
+    Ok(listed.stdout.iter().filter(|b| **b == b'\n').count() as u64)
 }
 
 fn batch_name(i: usize) -> String {
@@ -532,7 +594,8 @@ fn measure_restic(runner: &Runner, repos: &Repos) -> Result<Measured> {
 fn report(
     args: &Args,
     shape: Shape,
-    populated: &Populated,
+    populated: &Progress,
+    restic_blobs: u64,
     bin: &Path,
     vg: &Measured,
     rs: &Measured,
@@ -556,7 +619,9 @@ fn report(
     let _ = writeln!(
         t,
         "### forget + prune: {} snapshots, {} data blobs ({} blobs in restic's repository)\n",
-        shape.snapshots, populated.data_blobs, populated.restic_blobs
+        shape.snapshots,
+        shape.snapshots * shape.files,
+        restic_blobs
     );
     let _ = writeln!(
         t,
