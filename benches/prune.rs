@@ -8,10 +8,12 @@
 //! `--window` snapshots earlier, so each snapshot holds the newest `window` batches and
 //! forgetting old snapshots frees real data. Snapshots are dated 6 hours apart from
 //! 2025-01-01 (volguard `backup --time`, restic `backup --time`), one real backup of the
-//! same directory by each tool per snapshot. Populating is not timed and is slow (about
-//! 2,000 backups at full scale), so the pristine repositories are cached under
-//! `~/.cache/volguard/bench-prune/<shape>/` and every run copies them to a work directory
-//! first: forget and prune are destructive.
+//! same directory by each tool per snapshot. Populating is not timed and is slow (2,000
+//! backups at full scale, restic's taking most of the time), so the pristine repositories
+//! are cached under `~/.cache/volguard/bench-prune/f<files>-w<window>/` and every run copies
+//! them to a work directory first: forget and prune are destructive. The cache grows one
+//! snapshot at a time and can be stopped cleanly and continued (see `populate`), so a run
+//! with `--snapshots N` measures the first N snapshots of the same sequence.
 //!
 //! Timed, each from a cold page cache, peak RSS from `wait4` (benches/core/measure.rs):
 //! * volguard: `forget POLICY --prune --grace 0s` (forgets, then prune marks the garbage),
@@ -25,7 +27,7 @@
 //! timed) both repositories must pass their tool's `check`, and keep the same number of
 //! snapshots.
 //!
-//! Run: `cargo bench --bench prune [-- --scale 0.1 --volguard PATH --keep]` (root for
+//! Run: `cargo bench --bench prune [-- --scale 0.1 --snapshots N --volguard PATH --keep]` (root for
 //! dropping the page cache, restic on PATH). The table is printed and written to
 //! `<target>/bench-prune.md`.
 
