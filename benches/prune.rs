@@ -709,24 +709,5 @@ fn resolve_volguard(args: &Args) -> Result<PathBuf> {
         );
         return Ok(path.clone());
     }
-    let target = common::target_dir()?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("[prune] building volguard (cargo build --release --bin volguard)");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "volguard", "--target-dir"])
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release --bin volguard failed ({status})"
-    );
-    let bin = target.join("release").join("volguard");
-    ensure!(
-        bin.is_file(),
-        "built volguard not found at {}",
-        bin.display()
-    );
-    Ok(bin)
+    common::build_volguard("prune")
 }
