@@ -744,6 +744,7 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
         filter,
         verify: a.verify,
         dry_run: a.dry_run,
+        devices: a.devices,
         progress: None,
     };
     if let Some(target) = &a.target {

@@ -180,9 +180,14 @@ pub fn post_json(url: &str, body: &[u8]) -> Result<(), String> {
 }
 
 /// Runs the command hook with the warning on stdin; waits for it (in the delivery thread).
-fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
+/// The hook never gets the repository's secrets in its environment.
+pub fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
     let (prog, args) = cmd.split_first().ok_or("empty command")?;
-    let mut child = std::process::Command::new(prog)
+    let mut command = std::process::Command::new(prog);
+    for k in crate::agent::consistency::SECRET_ENV {
+        command.env_remove(k);
+    }
+    let mut child = command
         .args(args)
         .stdin(std::process::Stdio::piped())
         .spawn()
