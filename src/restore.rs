@@ -475,16 +475,17 @@ pub fn to_dir(
                 }
                 return Ok(false);
             }
-            if let Err(e) = restore_entry(
-                index,
-                opts,
-                node,
-                &path,
-                &display,
-                &mut links,
-                &mut batcher,
-                &mut report,
-            ) {
+            if let Err(e) = refuse_device(node, opts.devices).and_then(|()| {
+                restore_entry(
+                    index,
+                    node,
+                    &path,
+                    &display,
+                    &mut links,
+                    &mut batcher,
+                    &mut report,
+                )
+            }) {
                 report.errors.push(format!("{display}: {e}"));
             }
             Ok(false)
@@ -570,9 +571,22 @@ fn ensure_dirs(
     Ok(())
 }
 
+/// Device nodes are created only when asked for (`--devices`): a restored device node
+/// opens that device on this host.
+fn refuse_device(node: &Node, devices: bool) -> Result<()> {
+    if is_device(node) && !devices {
+        return Err(Error::Other(format!(
+            "device node {}:{} not created (a restored device node opens that device on this \
+             host); restore with --devices to create it",
+            nix::sys::stat::major(node.rdev),
+            nix::sys::stat::minor(node.rdev)
+        )));
+    }
+    Ok(())
+}
+
 fn restore_entry(
     index: &Index,
-    opts: &RestoreOptions,
     node: &Node,
     path: &Path,
     display: &str,
@@ -619,14 +633,6 @@ fn restore_entry(
             })?;
         }
         return Ok(());
-    }
-    if is_device(node) && !opts.devices {
-        return Err(Error::Other(format!(
-            "device node {}:{} not created (a restored device node opens that device on this \
-             host); restore with --devices to create it",
-            nix::sys::stat::major(node.rdev),
-            nix::sys::stat::minor(node.rdev)
-        )));
     }
     fsmeta::create_special(path, node).map_err(|e| Error::io("cannot create", path, e))?;
     fsmeta::apply_metadata(path, node).map_err(|e| Error::io("cannot set metadata of", path, e))?;
