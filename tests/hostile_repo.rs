@@ -435,22 +435,8 @@ fn node(name: &[u8], kind: NodeKind) -> Node {
         name: name.to_vec(),
         kind,
         mode: 0o644,
-        uid: 0,
-        gid: 0,
         mtime_sec: 1_700_000_000,
-        mtime_nsec: 0,
-        ctime_sec: 0,
-        ctime_nsec: 0,
-        inode: 0,
-        size: 0,
-        rdev: 0,
-        xattrs: vec![],
-        link_target: vec![],
-        hardlink: None,
-        content: vec![],
-        extents: None,
-        file_hash: None,
-        subtree: None,
+        ..Node::default()
     }
 }
 

@@ -5,7 +5,7 @@
 //! rate limit that keeps a runaway writer from flooding every sink.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ pub const DEFAULT_RATE_WINDOW_SECS: u64 = 60;
 /// Webhook deliveries waiting; more are dropped (and counted) rather than stalling the
 /// watcher behind a slow receiver.
 const DELIVERY_QUEUE: usize = 1024;
+/// Each webhook delivery is bounded by this (connect, send, answer).
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `[watch]` table of the config file.
@@ -104,7 +105,7 @@ impl WatchSettings {
     /// Refuses settings that cannot work, naming the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(w) = &self.webhook {
-            parse_http_url(w).map_err(|e| format!("[watch] webhook {w:?}: {e}"))?;
+            crate::webhook::parse_http_url(w).map_err(|e| format!("[watch] webhook {w:?}: {e}"))?;
         }
         if let Some(c) = &self.command
             && c.is_empty()
@@ -123,59 +124,6 @@ impl WatchSettings {
             return Err("[watch] rate_limit = 0 would drop every warning; remove it for the default (10) or give a positive number".into());
         }
         Ok(())
-    }
-}
-
-/// `http://host[:port][/path]` → (host:port, path). Only plain HTTP: the receiver is
-/// expected to be local or on a trusted network (a TLS client is not built in).
-pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or(
-        "only http:// URLs are supported (no TLS client built in); put a local relay in front of an https receiver",
-    )?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if hostport.is_empty() {
-        return Err("no host".into());
-    }
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, path.to_string()))
-}
-
-/// POSTs `body` as JSON; Ok when the receiver answers 2xx.
-pub fn post_json(url: &str, body: &[u8]) -> Result<(), String> {
-    use std::net::ToSocketAddrs;
-    let (hostport, path) = parse_http_url(url)?;
-    let addr = hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport} resolves to nothing"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, WEBHOOK_TIMEOUT)
-        .map_err(|e| format!("cannot connect to {hostport}: {e}"))?;
-    let _ = s.set_read_timeout(Some(WEBHOOK_TIMEOUT));
-    let _ = s.set_write_timeout(Some(WEBHOOK_TIMEOUT));
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: volguard\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|_| s.write_all(body))
-        .map_err(|e| format!("sending to {hostport}: {e}"))?;
-    let mut status = String::new();
-    std::io::BufReader::new(s.take(8192))
-        .read_line(&mut status)
-        .map_err(|e| format!("reading the answer of {hostport}: {e}"))?;
-    let code = status.split_whitespace().nth(1).unwrap_or("");
-    if code.starts_with('2') {
-        Ok(())
-    } else {
-        Err(format!("{hostport} answered {:?}", status.trim()))
     }
 }
 
@@ -398,7 +346,7 @@ impl Delivery {
             .spawn(move || {
                 for body in rx {
                     if let Some(url) = &webhook
-                        && let Err(e) = post_json(url, &body)
+                        && let Err(e) = crate::webhook::post(url, &body, WEBHOOK_TIMEOUT)
                     {
                         tracing::error!("webhook {url}: {e}; the warning is in the event log");
                     }
@@ -490,10 +438,6 @@ mod tests {
             ..Default::default()
         };
         assert!(empty_rule.validate().is_err());
-        assert_eq!(
-            parse_http_url("http://h/p/q").unwrap(),
-            ("h:80".to_string(), "/p/q".to_string())
-        );
     }
 
     #[test]
