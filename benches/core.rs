@@ -407,26 +407,7 @@ fn resolve_volguard(args: &Args, tools: &[ToolId]) -> Result<Option<PathBuf>> {
         );
         return Ok(Some(path.clone()));
     }
-    let target = common::target_dir()?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("[core] building volguard (cargo build --release --bin volguard)");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "volguard", "--target-dir"])
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release --bin volguard failed ({status})"
-    );
-    let bin = target.join("release").join("volguard");
-    ensure!(
-        bin.is_file(),
-        "built volguard not found at {}",
-        bin.display()
-    );
-    Ok(Some(bin))
+    common::build_volguard("core").map(Some)
 }
 
 /// Writes the data set and describes it (with its real total size).

@@ -358,6 +358,10 @@ pub struct RestoreArgs {
     /// Show what would be restored, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Create the snapshot's character and block device nodes (needs root). Without it
+    /// they are skipped with a warning: a device node opens that device on this host.
+    #[arg(long)]
+    pub devices: bool,
     /// Restore into a volume even while a running container mounts it; with --all, also
     /// replace the content of volumes that exist and hold data.
     #[arg(long)]

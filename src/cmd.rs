@@ -51,6 +51,24 @@ pub(crate) struct Globals {
     quiet: bool,
 }
 
+impl Globals {
+    /// The global flags that make another volguard process use the same configuration,
+    /// repository, key and Docker root (the watcher's forensic snapshots start one).
+    pub(crate) fn child_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), self.config.clone().into()];
+        if let Some(r) = &self.repo {
+            args.extend(["--repo".into(), r.into()]);
+        }
+        if let Some(k) = &self.key_file {
+            args.extend(["--key-file".into(), k.clone().into()]);
+        }
+        if let Some(d) = &self.docker_root {
+            args.extend(["--docker-root".into(), d.clone().into()]);
+        }
+        args
+    }
+}
+
 impl Ctx {
     /// Reads the config file and combines it with the global flags (flags win).
     pub(crate) fn load(g: &Globals) -> Result<Ctx> {
@@ -114,9 +132,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Agent(_) | Command::Status(_) | Command::Generate(_) => {
             unreachable!("dispatched above")
         }
-        Command::Watch(a) => {
-            crate::watch::command::watch(&ctx.docker_root, &ctx.file.watch, ctx.json, &a)
-        }
+        Command::Watch(a) => crate::watch::command::watch(
+            &ctx.docker_root,
+            &ctx.file.watch,
+            ctx.json,
+            &a,
+            globals.child_args(),
+        ),
         Command::Events(a) => crate::watch::command::events(&ctx.file.watch, ctx.json, &a),
         Command::Bucket(a) => bucket_cmd(&ctx, &a),
     }
@@ -743,6 +765,7 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
         filter,
         verify: a.verify,
         dry_run: a.dry_run,
+        devices: a.devices,
         progress: None,
     };
     if let Some(target) = &a.target {
@@ -914,11 +937,10 @@ fn finish_restore(
             );
         }
     }
-    // Per-file problems (damaged data, EACCES) are soft errors: everything else restored.
     Ok(if r.errors.is_empty() {
         exit::OK
     } else {
-        exit::PARTIAL
+        exit::ERROR
     })
 }
 
@@ -1546,8 +1568,23 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    // The watcher marks volumes whose events it may have lost; a clean, complete verify
+    // answers that question, so the mark goes.
+    let mark_cleared = tampered.is_empty()
+        && warnings.is_empty()
+        && crate::watch::alerts::clear_verify_mark(&config::state_dir(), &a.volume).unwrap_or_else(
+            |e| {
+                tracing::warn!(
+                    "cannot clear the verify-needed mark of {} in {}: {e}",
+                    a.volume,
+                    config::state_dir().display()
+                );
+                false
+            },
+        );
     if ctx.json {
         print_json(&json!({
+            "verify_mark_cleared": mark_cleared,
             "volume": a.volume,
             "snapshot": snap.label,
             "live": live.label,
@@ -1585,6 +1622,12 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
                 c.removed.len(),
                 c.modified.len()
             );
+            if mark_cleared {
+                println!(
+                    "{}: the watcher's verify-needed mark (events may have been lost) is cleared",
+                    a.volume
+                );
+            }
         } else {
             println!(
                 "{}: {} file(s) changed without a trace in their metadata since {}; restore them with `volguard restore {} --include PATH ...` and find out who wrote them",

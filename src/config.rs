@@ -85,6 +85,23 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<Vec<u8>> {
 /// The secret that opens the repository, from (in order) --key-file, VOLGUARD_PASSWORD,
 /// VOLGUARD_PASSWORD_FILE, the config file's key_file / password_file.
 pub fn secret(cli_key_file: Option<&Path>, file: &FileConfig) -> Result<Option<Secret>> {
+    let found = find_secret(cli_key_file, file)?;
+    if found.is_some() {
+        protect_process();
+    }
+    Ok(found)
+}
+
+/// Once a secret is in memory, the process is made non-dumpable: no core dump holds the
+/// key, and /proc/PID/mem, environ and the like belong to root, so another process of the
+/// same (unprivileged) user cannot read the key out of it or attach a debugger.
+fn protect_process() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot mark the process non-dumpable (core dumps may hold the key): {e}");
+    }
+}
+
+fn find_secret(cli_key_file: Option<&Path>, file: &FileConfig) -> Result<Option<Secret>> {
     if let Some(p) = cli_key_file {
         return Ok(Some(Secret::KeyFile(read_secret_file(p, "key file")?)));
     }

@@ -460,12 +460,14 @@ mod tests {
     /// until it is named here, and this test fails until the file documents it.
     #[test]
     fn packaged_default_config_documents_every_option() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml");
-        let shipped = std::fs::read_to_string(&path).unwrap();
+        // Compiled in, so the test follows the file even when the build directory is shared
+        // between checkouts (a path from env! would point into whichever compiled it).
+        let path = Path::new("packaging/config.toml");
+        let shipped = include_str!("../packaging/config.toml").to_string();
         // As shipped (everything commented out) it is the defaults.
         load(&shipped).unwrap();
         let uncommented = uncomment_options(&shipped);
-        let cfg = parse(&uncommented, &path).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let cfg = parse(&uncommented, path).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         let FileConfig {
             repository,
             key_file,
@@ -485,6 +487,7 @@ mod tests {
             event_log_max_bytes,
             event_log_keep,
             forensic_snapshot: _,
+            forensic_snapshot_interval_secs,
         } = watch;
         assert!(watch_webhook.is_some(), "watch.webhook");
         assert!(command.is_some(), "watch.command");
@@ -498,6 +501,10 @@ mod tests {
             "watch.event_log_*"
         );
         assert!(locate(&uncommented, Some("watch"), "forensic_snapshot").is_some());
+        assert!(
+            forensic_snapshot_interval_secs.is_some(),
+            "watch.forensic_snapshot_interval_secs"
+        );
         let crate::agent::config::AgentSettings {
             schedule: _,
             jitter: _,

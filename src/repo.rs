@@ -668,14 +668,25 @@ impl Repository {
 
     /// Resolves `latest` or an id prefix among the snapshots of `volume`.
     pub fn find_snapshot(&self, volume: &str, which: &str) -> Result<(SnapshotId, Snapshot)> {
-        let (all, _) = self.list_snapshots()?;
+        let (all, problems) = self.list_snapshots()?;
+        // A snapshot object that did not open (tampered, damaged) is why the one asked
+        // for may be missing: name it rather than only saying "no snapshot".
+        let rejected = if problems.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} snapshot object(s) were rejected: {}",
+                problems.len(),
+                problems.join("; ")
+            )
+        };
         let mut of_volume: Vec<_> = all
             .into_iter()
             .filter(|(_, s)| s.volume == volume)
             .collect();
         if of_volume.is_empty() {
             return Err(Error::Other(format!(
-                "no snapshot of {volume:?} in {}; `volguard snapshots` lists what there is",
+                "no snapshot of {volume:?} in {}; `volguard snapshots` lists what there is{rejected}",
                 self.location()
             )));
         }
@@ -696,7 +707,7 @@ impl Repository {
         match matches.len() {
             1 => Ok(focus(matches.into_iter().next().expect("one"))),
             0 => Err(Error::Other(format!(
-                "no snapshot of {volume:?} has an id starting with {which:?}"
+                "no snapshot of {volume:?} has an id starting with {which:?}{rejected}"
             ))),
             n => Err(Error::Other(format!(
                 "{n} snapshots of {volume:?} start with {which:?}; give more characters"

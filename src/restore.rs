@@ -101,6 +101,11 @@ pub fn walk(
     Ok(problems)
 }
 
+/// Deepest directory nesting a walk follows. A backup reads paths whole, so PATH_MAX
+/// (4096 bytes, at least two per level) bounds what it can store to about 2048 levels; a
+/// deeper chain of trees can only be crafted, and following it would exhaust the stack.
+pub const MAX_TREE_DEPTH: usize = 4096;
+
 fn walk_tree(
     repo: &Repository,
     index: &Index,
@@ -109,6 +114,17 @@ fn walk_tree(
     visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
     problems: &mut Vec<(Vec<u8>, Error)>,
 ) -> Result<()> {
+    let depth = path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty());
+    if depth >= MAX_TREE_DEPTH {
+        problems.push((
+            path.clone(),
+            Error::corrupt(
+                format!("tree {tree}"),
+                format!("nested deeper than {MAX_TREE_DEPTH} directories, which no backup writes"),
+            ),
+        ));
+        return Ok(());
+    }
     let t = match repo.load_tree(index, tree) {
         Ok(t) => t,
         Err(e) => {
@@ -281,6 +297,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub verified_files: u64,
     pub errors: Vec<String>,
+    /// Files created but then removed because their content could not be restored whole
+    /// (counted in `files` by the walk, taken out again at the end).
+    #[serde(skip)]
+    pub discarded: u64,
     /// Paths inside the snapshot, filled only for `--dry-run`.
     pub planned: Vec<String>,
 }
@@ -290,6 +310,11 @@ pub struct RestoreOptions {
     pub filter: Filter,
     pub verify: bool,
     pub dry_run: bool,
+    /// Create character and block device nodes. Off by default: a device node in a
+    /// snapshot (crafted, or copied from a container that had one) would open that device
+    /// on this host to whoever can reach the restored directory. Overlay whiteouts (char
+    /// 0:0) are not devices and are always restored.
+    pub devices: bool,
     /// Advanced by the bytes written (one bar may span several restores).
     pub progress: Option<indicatif::ProgressBar>,
 }
@@ -378,14 +403,8 @@ pub fn to_dir(
                                 match result {
                                     Ok(()) => r.verified_files += opts.verify as u64,
                                     Err(e) => {
-                                        // A file that could not be restored whole is not
-                                        // left behind with wrong bytes: it is removed and
-                                        // named as a soft error.
-                                        let gone = match std::fs::remove_file(&t.path) {
-                                            Ok(()) => "not restored",
-                                            Err(_) => "left incomplete",
-                                        };
-                                        r.errors.push(format!("{}: {gone}: {e}", t.display))
+                                        r.discarded += 1;
+                                        r.errors.push(discard_file(t, e));
                                     }
                                 }
                             }
@@ -422,16 +441,29 @@ pub fn to_dir(
                     created: false,
                     selected,
                 });
-                if selected {
-                    ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)?;
+                // A directory that cannot be made (a name too long for the target's
+                // filesystem, a path past PATH_MAX) costs its subtree, not the restore.
+                if selected
+                    && let Err(e) =
+                        ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)
+                {
+                    report.errors.push(format!(
+                        "{}: subtree skipped: {e}",
+                        String::from_utf8_lossy(rel)
+                    ));
+                    stack.pop();
+                    return Ok(false);
                 }
                 return Ok(true);
             }
             if !selected {
                 return Ok(false);
             }
-            ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)?;
             let display = String::from_utf8_lossy(rel).into_owned();
+            if let Err(e) = ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run) {
+                report.errors.push(format!("{display}: {e}"));
+                return Ok(false);
+            }
             if opts.dry_run {
                 report.planned.push(display);
                 match node.kind {
@@ -443,15 +475,17 @@ pub fn to_dir(
                 }
                 return Ok(false);
             }
-            if let Err(e) = restore_entry(
-                index,
-                node,
-                &path,
-                &display,
-                &mut links,
-                &mut batcher,
-                &mut report,
-            ) {
+            if let Err(e) = refuse_device(node, opts.devices).and_then(|()| {
+                restore_entry(
+                    index,
+                    node,
+                    &path,
+                    &display,
+                    &mut links,
+                    &mut batcher,
+                    &mut report,
+                )
+            }) {
                 report.errors.push(format!("{display}: {e}"));
             }
             Ok(false)
@@ -473,6 +507,7 @@ pub fn to_dir(
     for r in worker_reports {
         report.bytes += r.bytes;
         report.verified_files += r.verified_files;
+        report.files = report.files.saturating_sub(r.discarded);
         report.errors.extend(r.errors);
     }
     if opts.dry_run {
@@ -522,17 +557,30 @@ fn ensure_dirs(
     dry_run: bool,
 ) -> Result<()> {
     for d in stack.iter_mut().filter(|d| !d.created) {
+        if !dry_run {
+            // mkdir fails on anything already there, so no earlier entry can redirect it.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&d.path)
+                .map_err(|e| Error::io("cannot create directory", &d.path, e))?;
+            dir_meta.push((d.path.clone(), d.node.clone()));
+        }
         d.created = true;
         report.dirs += 1;
-        if dry_run {
-            continue;
-        }
-        // mkdir fails on anything already there, so no earlier entry can redirect it.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&d.path)
-            .map_err(|e| Error::io("cannot create directory", &d.path, e))?;
-        dir_meta.push((d.path.clone(), d.node.clone()));
+    }
+    Ok(())
+}
+
+/// Device nodes are created only when asked for (`--devices`): a restored device node
+/// opens that device on this host.
+fn refuse_device(node: &Node, devices: bool) -> Result<()> {
+    if is_device(node) && !devices {
+        return Err(Error::Other(format!(
+            "device node {}:{} not created (a restored device node opens that device on this \
+             host); restore with --devices to create it",
+            nix::sys::stat::major(node.rdev),
+            nix::sys::stat::minor(node.rdev)
+        )));
     }
     Ok(())
 }
@@ -555,6 +603,7 @@ fn restore_entry(
             report.hardlinks += 1;
             return Ok(());
         }
+        check_content(index, node)?;
         // O_EXCL + O_NOFOLLOW: never reuse or follow anything that is already there.
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -589,6 +638,60 @@ fn restore_entry(
     fsmeta::apply_metadata(path, node).map_err(|e| Error::io("cannot set metadata of", path, e))?;
     report.others += 1;
     Ok(())
+}
+
+/// A character or block device other than an overlay whiteout (char 0:0, which opens
+/// nothing).
+fn is_device(node: &Node) -> bool {
+    match node.kind {
+        NodeKind::CharDevice => node.rdev != 0,
+        NodeKind::BlockDevice => true,
+        _ => false,
+    }
+}
+
+/// Checks what a file node claims against what its content holds, before anything is
+/// created: the data the index knows for its chunks must be exactly its size (dense) or
+/// its extents (sparse, which must be ordered, apart and inside the size). So a crafted
+/// node cannot make a restore or an export allocate, write or zero-fill by a claimed size
+/// (a "2^60-byte file" with one chunk), and missing data is never padded with zeros.
+pub fn check_content(index: &Index, node: &Node) -> Result<()> {
+    let mut data = 0u64;
+    for id in &node.content {
+        let (_, loc) = index.get(id).ok_or_else(|| {
+            Error::corrupt(format!("blob {id}"), "not in any index (missing pack?)")
+        })?;
+        data += u64::from(loc.raw_length);
+    }
+    let bad = |why: String| Err(Error::corrupt("file node", why));
+    match &node.extents {
+        None if data != node.size => bad(format!(
+            "claims {} bytes but its chunks hold {data}",
+            node.size
+        )),
+        None => Ok(()),
+        Some(extents) => {
+            let (mut end, mut sum) = (0u64, 0u64);
+            for &(offset, len) in extents {
+                let Some(stop) = offset.checked_add(len).filter(|&s| s <= node.size) else {
+                    return bad(format!(
+                        "extent ({offset}, {len}) passes its size {}",
+                        node.size
+                    ));
+                };
+                if offset < end {
+                    return bad("extents overlap or are out of order".into());
+                }
+                (end, sum) = (stop, sum + len);
+            }
+            if sum != data {
+                return bad(format!(
+                    "extents hold {sum} bytes but its chunks hold {data}"
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// How a file is cut into jobs: (chunk range, data offset). Sparse and small files are one
@@ -721,6 +824,20 @@ fn write_segment(repo: &Repository, index: &Index, job: &FileJob) -> Result<u64>
     )
 }
 
+/// A file that could not be restored whole is emptied and removed, so no wrong or missing
+/// byte is left looking like restored data (its hard links made meanwhile are left empty,
+/// never with partial content). Returns the error line for the report.
+fn discard_file(t: &FileTarget, e: Error) -> String {
+    let gone = t
+        .file
+        .set_len(0)
+        .and_then(|()| std::fs::remove_file(&t.path));
+    match gone {
+        Ok(()) => format!("{}: not restored (removed): {e}", t.display),
+        Err(rm) => format!("{}: {e} (and it could not be removed: {rm})", t.display),
+    }
+}
+
 /// After the last segment: size check, optional re-hash, then metadata (last, so the
 /// mtime set is the one that stays).
 fn finish_file(t: &FileTarget, verify: bool) -> Result<()> {
@@ -826,6 +943,18 @@ fn append_tar_entry<W: Write>(
     links: &mut HashMap<u64, Vec<u8>>,
     report: &mut RestoreReport,
 ) -> io::Result<()> {
+    // Checked before any header (the PAX one included): a tar entry cannot be taken back
+    // once begun, and a file left out must not leave its header to the next entry.
+    let linked = node.hardlink.is_some_and(|g| links.contains_key(&g));
+    if node.kind == NodeKind::File
+        && !linked
+        && let Err(e) = check_content(index, node)
+    {
+        report
+            .errors
+            .push(format!("{}: skipped: {e}", String::from_utf8_lossy(rel)));
+        return Ok(());
+    }
     let mut pax: Vec<(String, Vec<u8>)> = vec![(
         "mtime".into(),
         format!("{}.{:09}", node.mtime_sec, node.mtime_nsec).into_bytes(),

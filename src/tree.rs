@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::ids::BlobId;
 
 /// What kind of filesystem object a node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
+    #[default]
     File,
     Dir,
     Symlink,
@@ -19,8 +20,9 @@ pub enum NodeKind {
     Socket,
 }
 
-/// One directory entry with everything needed to recreate it bit for bit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One directory entry with everything needed to recreate it bit for bit. `Default` is an
+/// empty regular file with mode 0 and no name (for code that builds nodes by hand).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// The raw name bytes (not necessarily UTF-8), never containing `/` or NUL.
     #[serde(with = "serde_bytes")]
@@ -145,24 +147,8 @@ mod tests {
     fn node(name: &[u8]) -> Node {
         Node {
             name: name.to_vec(),
-            kind: NodeKind::File,
             mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            ctime_sec: 0,
-            ctime_nsec: 0,
-            inode: 0,
-            size: 0,
-            rdev: 0,
-            xattrs: vec![],
-            link_target: vec![],
-            hardlink: None,
-            content: vec![],
-            extents: None,
-            file_hash: None,
-            subtree: None,
+            ..Node::default()
         }
     }
 

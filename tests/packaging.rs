@@ -107,8 +107,16 @@ fn preflight() -> (bool, bool) {
     )
 }
 
+/// The checkout under test: cargo test says so at run time; the compile-time path is only
+/// a fallback (a build directory shared between checkouts keeps whichever compiled it).
+fn checkout() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn build_deb(out_dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &checkout();
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("packaging/build-deb.sh")).arg(out_dir);
     // Reuse the target dir of this build (tests/run.sh exports it); otherwise the crate's.
@@ -236,8 +244,7 @@ fn deb_installs_verifies_runs_and_purges() {
         conffiles.contains("/etc/volguard/config.toml"),
         "config.toml is no conffile: {conffiles:?}"
     );
-    let shipped =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml")).unwrap();
+    let shipped = std::fs::read(checkout().join("packaging/config.toml")).unwrap();
     assert_eq!(std::fs::read("/etc/volguard/config.toml").unwrap(), shipped);
     {
         use std::os::unix::fs::PermissionsExt;

@@ -616,7 +616,7 @@ fn queue_overflow_says_events_were_lost_and_marks_volumes_for_verify() {
     let mut cleanup = DockerCleanup::new();
     let (vol, data) = new_volume(&mut cleanup, "watch-overflow");
     const LIMIT: &str = "/proc/sys/fs/fanotify/max_queued_events";
-    let w = {
+    let mut w = {
         let _guard = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let old = std::fs::read_to_string(LIMIT).unwrap();
         // The limit is read when the group is created: only this watcher gets a tiny queue.
@@ -654,4 +654,89 @@ fn queue_overflow_says_events_were_lost_and_marks_volumes_for_verify() {
         .filter(|e| e["op"] == "events_lost")
         .collect();
     assert!(!lost.is_empty(), "{doc:#}");
+
+    // A backup, then a clean verify, answers the mark: it goes, and only it.
+    let _ = w.child.kill();
+    let _ = w.child.wait();
+    let repo = common::TestRepo::new();
+    repo.run_ok(&["init"]);
+    repo.run_ok(&["backup", &vol]);
+    let marks = w.state_dir().join("verify-needed.json");
+    let before: Value = serde_json::from_slice(&std::fs::read(&marks).unwrap()).unwrap();
+    let others = before["volumes"].as_object().unwrap().len() - 1;
+    let out = repo
+        .cmd()
+        .args(["--json", "verify", &vol])
+        .env("VOLGUARD_STATE_DIR", w.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verify_mark_cleared"], true, "{v}");
+    let left: Value = serde_json::from_slice(&std::fs::read(&marks).unwrap()).unwrap();
+    assert!(left["volumes"].get(vol.as_str()).is_none(), "{left}");
+    assert_eq!(left["volumes"].as_object().unwrap().len(), others, "{left}");
+}
+
+#[test]
+fn a_foreign_change_takes_one_forensic_snapshot_of_the_touched_volume() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_docker();
+    let mut cleanup = DockerCleanup::new();
+    let (vol, data) = new_volume(&mut cleanup, "watch-forensic");
+    std::fs::write(data.join("db"), "good").unwrap();
+    let repo = common::TestRepo::new();
+    repo.run_ok(&["init"]);
+    let (r, k) = (
+        repo.repo.display().to_string(),
+        repo.key_file.display().to_string(),
+    );
+    let mut w = Watcher::start(
+        "[watch]\nforensic_snapshot = true\n",
+        &[("VOLGUARD_REPO", &r), ("VOLGUARD_KEY_FILE", &k)],
+    );
+    // This test process is a host process: its write is foreign.
+    std::fs::write(data.join("planted"), "evil").unwrap();
+    let forensic_lines = |w: &Watcher| -> Vec<Value> {
+        w.log_lines()
+            .into_iter()
+            .filter(|l| l["op"] == "forensic_snapshot" && l["volume"] == vol.as_str())
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    while forensic_lines(&w).is_empty() {
+        assert!(
+            Instant::now() < end,
+            "no forensic snapshot within 60 s: {}",
+            w.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let line = &forensic_lines(&w)[0];
+    assert_eq!(line["ok"], true, "{line}");
+    let snaps = repo.run_json(&["snapshots", "--volume", &vol]);
+    let snaps = snaps["snapshots"].as_array().unwrap().clone();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["id"], line["snapshot"], "{snaps:?} {line}");
+    assert_eq!(
+        snaps[0]["tags"],
+        serde_json::json!(["forensic", "foreign-write"]),
+        "{snaps:?}"
+    );
+    // The evidence is in it.
+    let id = snaps[0]["id"].as_str().unwrap();
+    let restored = repo.restore_to_new_dir(&vol, id);
+    assert_eq!(std::fs::read(restored.join("planted")).unwrap(), b"evil");
+    assert_eq!(std::fs::read(restored.join("db")).unwrap(), b"good");
+
+    // A second foreign change within the interval is warned about, not backed up again.
+    std::fs::write(data.join("again"), "x").unwrap();
+    w.wait_for(Duration::from_secs(10), |v| {
+        v["volume"] == vol.as_str() && v["path"] == "again" && v["warning"] == true
+    })
+    .unwrap_or_else(|| panic!("no warning for the second write: {}", w.stderr_text()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(forensic_lines(&w).len(), 1, "{:?}", w.log_lines());
+    let snaps = repo.run_json(&["snapshots", "--volume", &vol]);
+    assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 1, "{snaps}");
 }

@@ -8,7 +8,7 @@
 pub mod db;
 pub mod media;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use std::path::PathBuf;
 
 /// Bytes in a mebibyte, for human-readable sizes in tables.
@@ -25,4 +25,30 @@ pub fn target_dir() -> Result<PathBuf> {
         .nth(3)
         .map(PathBuf::from)
         .with_context(|| format!("{} is not inside <target>/<profile>/deps", exe.display()))
+}
+
+/// This checkout's release build of volguard, (re)built now so that a bench never measures a
+/// stale binary. `bench` names the bench in the progress line.
+#[allow(dead_code)] // not every bench runs the volguard binary
+pub fn build_volguard(bench: &str) -> Result<PathBuf> {
+    let target = target_dir()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("[{bench}] building volguard (cargo build --release --bin volguard)");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--bin", "volguard", "--target-dir"])
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    ensure!(
+        status.success(),
+        "cargo build --release --bin volguard failed ({status})"
+    );
+    let bin = target.join("release").join("volguard");
+    ensure!(
+        bin.is_file(),
+        "built volguard not found at {}",
+        bin.display()
+    );
+    Ok(bin)
 }

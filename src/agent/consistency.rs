@@ -287,8 +287,9 @@ impl Drop for Stopped {
     }
 }
 
-/// Environment variables never passed to hooks: the repository's secrets.
-const SECRET_ENV: &[&str] = &[
+/// Environment variables never passed to hooks: the repository's secrets (also used by
+/// the watch command hook, see `watch::alerts::run_command`).
+pub const SECRET_ENV: &[&str] = &[
     "VOLGUARD_PASSWORD",
     "VOLGUARD_PASSWORD_FILE",
     "VOLGUARD_KEY_FILE",

@@ -170,7 +170,7 @@ pub(crate) fn run(g: &Globals) -> Result<i32> {
         Some(addr.to_string())
     };
 
-    let watcher = start_watcher(&loaded, Arc::clone(&metrics));
+    let watcher = start_watcher(g, &loaded, Arc::clone(&metrics));
     let mut agent = Agent {
         g: g.clone(),
         started: now(),
@@ -209,6 +209,7 @@ pub(crate) fn run(g: &Globals) -> Result<i32> {
 /// metrics; the watcher itself logs and sends its warnings. A watcher that cannot run (not
 /// root, an old kernel) is a warning: backups go on without it.
 fn start_watcher(
+    g: &Globals,
     loaded: &Loaded,
     metrics: Arc<Mutex<Metrics>>,
 ) -> Option<(
@@ -222,6 +223,7 @@ fn start_watcher(
         docker_root: loaded.ctx.docker_root.clone(),
         state_dir: crate::config::state_dir(),
         settings: loaded.ctx.file.watch.clone(),
+        volguard_args: g.child_args(),
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&stop);

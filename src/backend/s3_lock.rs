@@ -10,6 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
@@ -138,9 +139,12 @@ impl S3Backend {
         Ok(())
     }
 
-    /// Every (version id, is delete marker) of exactly `key`.
-    async fn versions_of(&self, key: &str) -> Result<Vec<(String, bool)>, BackendError> {
-        let mut out = Vec::new();
+    /// Calls `each` with every page of ListObjectVersions under `prefix`.
+    async fn each_versions_page(
+        &self,
+        prefix: &str,
+        mut each: impl FnMut(&ListObjectVersionsOutput),
+    ) -> Result<(), BackendError> {
         let mut key_marker: Option<String> = None;
         let mut version_marker: Option<String> = None;
         loop {
@@ -148,12 +152,28 @@ impl S3Backend {
                 .client
                 .list_object_versions()
                 .bucket(&self.bucket)
-                .prefix(key)
+                .prefix(prefix)
                 .set_key_marker(key_marker.clone())
                 .set_version_id_marker(version_marker.clone())
                 .send()
                 .await
-                .map_err(|e| self.fail("ListObjectVersions", key, &e))?;
+                .map_err(|e| self.fail("ListObjectVersions", prefix, &e))?;
+            each(&page);
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() && version_marker.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every (version id, is delete marker) of exactly `key`.
+    async fn versions_of(&self, key: &str) -> Result<Vec<(String, bool)>, BackendError> {
+        let mut out = Vec::new();
+        self.each_versions_page(key, |page| {
             for v in page.versions() {
                 if v.key() == Some(key)
                     && let Some(id) = v.version_id()
@@ -168,15 +188,8 @@ impl S3Backend {
                     out.push((id.to_string(), true));
                 }
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() && version_marker.is_none() {
-                break;
-            }
-        }
+        })
+        .await?;
         Ok(out)
     }
 
@@ -438,19 +451,7 @@ impl S3Backend {
         let prefix = self.with_prefix("");
         let probes = self.with_prefix(&format!("{PROBE_DIR}/"));
         let mut summary = VersionSummary::default();
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(&prefix)
-                .set_key_marker(key_marker.clone())
-                .set_version_id_marker(version_marker.clone())
-                .send()
-                .await
-                .map_err(|e| self.fail("ListObjectVersions", &prefix, &e))?;
+        self.each_versions_page(&prefix, |page| {
             for m in page.delete_markers() {
                 if let (Some(k), Some(id), Some(true)) = (m.key(), m.version_id(), m.is_latest())
                     && !k.starts_with(&probes)
@@ -465,15 +466,8 @@ impl S3Backend {
                     summary.noncurrent_bytes += v.size().unwrap_or(0).max(0) as u64;
                 }
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() && version_marker.is_none() {
-                break;
-            }
-        }
+        })
+        .await?;
         Ok(Some(summary))
     }
 

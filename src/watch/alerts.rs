@@ -5,7 +5,7 @@
 //! rate limit that keeps a runaway writer from flooding every sink.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ pub const DEFAULT_RATE_WINDOW_SECS: u64 = 60;
 /// Webhook deliveries waiting; more are dropped (and counted) rather than stalling the
 /// watcher behind a slow receiver.
 const DELIVERY_QUEUE: usize = 1024;
+/// Each webhook delivery is bounded by this (connect, send, answer).
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `[watch]` table of the config file.
@@ -41,11 +42,17 @@ pub struct WatchSettings {
     /// Event log size before rotation (default 10 MiB) and rotated files kept (default 5).
     pub event_log_max_bytes: Option<u64>,
     pub event_log_keep: Option<usize>,
-    /// Take a backup tagged `forensic` of a volume when a foreign change hits it.
-    /// Not implemented yet: setting it is refused, so nobody relies on it silently.
+    /// Back up a volume at once (tags `forensic`, `foreign-write`) when a foreign change
+    /// warning hits it, so the evidence is kept before anyone tidies up.
     #[serde(default)]
     pub forensic_snapshot: bool,
+    /// At most one forensic snapshot per volume within this many seconds (default 600):
+    /// a runaway writer must not turn into a backup loop.
+    pub forensic_snapshot_interval_secs: Option<u64>,
 }
+
+/// Default spacing of forensic snapshots of one volume.
+pub const DEFAULT_FORENSIC_INTERVAL_SECS: u64 = 600;
 
 /// One allow rule: every field given must match.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -98,7 +105,7 @@ impl WatchSettings {
     /// Refuses settings that cannot work, naming the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(w) = &self.webhook {
-            parse_http_url(w).map_err(|e| format!("[watch] webhook {w:?}: {e}"))?;
+            crate::webhook::parse_http_url(w).map_err(|e| format!("[watch] webhook {w:?}: {e}"))?;
         }
         if let Some(c) = &self.command
             && c.is_empty()
@@ -116,70 +123,19 @@ impl WatchSettings {
         if self.rate_limit == Some(0) {
             return Err("[watch] rate_limit = 0 would drop every warning; remove it for the default (10) or give a positive number".into());
         }
-        if self.forensic_snapshot {
-            return Err("[watch] forensic_snapshot is not implemented yet; remove it (run `volguard backup VOLUME --tag forensic` by hand, or from the command hook)".into());
-        }
         Ok(())
-    }
-}
-
-/// `http://host[:port][/path]` → (host:port, path). Only plain HTTP: the receiver is
-/// expected to be local or on a trusted network (a TLS client is not built in).
-pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or(
-        "only http:// URLs are supported (no TLS client built in); put a local relay in front of an https receiver",
-    )?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if hostport.is_empty() {
-        return Err("no host".into());
-    }
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, path.to_string()))
-}
-
-/// POSTs `body` as JSON; Ok when the receiver answers 2xx.
-pub fn post_json(url: &str, body: &[u8]) -> Result<(), String> {
-    use std::net::ToSocketAddrs;
-    let (hostport, path) = parse_http_url(url)?;
-    let addr = hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport} resolves to nothing"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, WEBHOOK_TIMEOUT)
-        .map_err(|e| format!("cannot connect to {hostport}: {e}"))?;
-    let _ = s.set_read_timeout(Some(WEBHOOK_TIMEOUT));
-    let _ = s.set_write_timeout(Some(WEBHOOK_TIMEOUT));
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: volguard\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|_| s.write_all(body))
-        .map_err(|e| format!("sending to {hostport}: {e}"))?;
-    let mut status = String::new();
-    std::io::BufReader::new(s.take(8192))
-        .read_line(&mut status)
-        .map_err(|e| format!("reading the answer of {hostport}: {e}"))?;
-    let code = status.split_whitespace().nth(1).unwrap_or("");
-    if code.starts_with('2') {
-        Ok(())
-    } else {
-        Err(format!("{hostport} answered {:?}", status.trim()))
     }
 }
 
 /// Runs the command hook with the warning on stdin; waits for it (in the delivery thread).
-fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
+/// The hook never gets the repository's secrets in its environment.
+pub fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
     let (prog, args) = cmd.split_first().ok_or("empty command")?;
-    let mut child = std::process::Command::new(prog)
+    let mut command = std::process::Command::new(prog);
+    for k in crate::agent::consistency::SECRET_ENV {
+        command.env_remove(k);
+    }
+    let mut child = command
         .args(args)
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -198,6 +154,7 @@ fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
 /// A size-rotated JSON lines file: `events.jsonl`, then `events.jsonl.1` (newest rotated)
 /// to `.N`. Each line is written with one `write` on an O_APPEND file, so readers never see
 /// half a line from a crash between lines.
+#[derive(Clone)]
 pub struct EventLog {
     path: PathBuf,
     max_bytes: u64,
@@ -304,6 +261,22 @@ pub fn mark_for_verify(state_dir: &Path, volumes: &[String], reason: &str, time:
     }
 }
 
+/// Removes `volume`'s verify mark (a `verify` found nothing unexplained); true when there
+/// was one.
+pub fn clear_verify_mark(state_dir: &Path, volume: &str) -> std::io::Result<bool> {
+    let path = verify_marks_path(state_dir);
+    let mut doc = verify_marks(state_dir);
+    let removed = doc["volumes"]
+        .as_object_mut()
+        .is_some_and(|m| m.remove(volume).is_some());
+    if removed {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, doc.to_string())?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(removed)
+}
+
 pub fn verify_marks(state_dir: &Path) -> serde_json::Value {
     std::fs::read(verify_marks_path(state_dir))
         .ok()
@@ -373,7 +346,7 @@ impl Delivery {
             .spawn(move || {
                 for body in rx {
                     if let Some(url) = &webhook
-                        && let Err(e) = post_json(url, &body)
+                        && let Err(e) = crate::webhook::post(url, &body, WEBHOOK_TIMEOUT)
                     {
                         tracing::error!("webhook {url}: {e}; the warning is in the event log");
                     }
@@ -465,10 +438,6 @@ mod tests {
             ..Default::default()
         };
         assert!(empty_rule.validate().is_err());
-        assert_eq!(
-            parse_http_url("http://h/p/q").unwrap(),
-            ("h:80".to_string(), "/p/q".to_string())
-        );
     }
 
     #[test]

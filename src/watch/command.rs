@@ -72,11 +72,13 @@ pub fn watch(
     settings: &WatchSettings,
     json: bool,
     _args: &WatchArgs,
+    volguard_args: Vec<std::ffi::OsString>,
 ) -> Result<i32> {
     let opts = WatchOptions {
         docker_root: docker_root.to_path_buf(),
         state_dir: crate::config::state_dir(),
         settings: settings.clone(),
+        volguard_args,
     };
     let stop = AtomicBool::new(false);
     let stdout = std::io::stdout();
@@ -141,6 +143,7 @@ pub fn events(settings: &WatchSettings, json: bool, args: &EventsArgs) -> Result
         docker_root: Default::default(),
         state_dir: crate::config::state_dir(),
         settings: settings.clone(),
+        volguard_args: Vec::new(),
     };
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let log = opts.event_log();

@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod attribution;
 pub mod command;
 pub mod fanotify;
+mod forensic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -51,6 +52,11 @@ const MAX_DIR_CACHE: usize = 65_536;
 /// One read returns as many queued events as fit.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 const POLL_MS: i32 = 200;
+/// After a read that found only a few events, wait this long before the next one, so a
+/// steady trickle (a container appending 1,000 times a second) is read in batches: one
+/// wake-up and one /proc look-up per process per batch instead of per event. It adds at
+/// most this much to a warning's latency; a busy queue (a large read) is read at once.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Test hook: wait this long before each read of the event queue, so tests can make
 /// processes exit before their events are read, and fill the queue until it overflows.
 /// Not for production use.
@@ -63,6 +69,9 @@ pub struct WatchOptions {
     /// Event log and verify marks live here (`$VOLGUARD_STATE_DIR`).
     pub state_dir: PathBuf,
     pub settings: WatchSettings,
+    /// Global flags for another volguard process on the same configuration, repository,
+    /// key and Docker root (forensic snapshots run one).
+    pub volguard_args: Vec<std::ffi::OsString>,
 }
 
 impl WatchOptions {
@@ -509,7 +518,6 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
 
     let mut w = Watcher {
         opts,
-        log,
         limiter: RateLimiter::new(
             opts.settings
                 .rate_limit
@@ -521,6 +529,8 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
             ),
         ),
         delivery: Delivery::start(opts.settings.webhook.clone(), opts.settings.command.clone()),
+        forensic: forensic::Forensic::new(opts, log.clone()),
+        log,
         coalesce: HashMap::new(),
     };
     w.note_restart(&model, sink);
@@ -540,6 +550,7 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
+    let mut trickle = false;
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -565,10 +576,14 @@ pub fn run(opts: &WatchOptions, stop: &AtomicBool, sink: &mut dyn FnMut(Notice))
                 model.refresh_containers();
             }
         }
+        if trickle {
+            std::thread::sleep(BATCH_WINDOW);
+        }
         let n = match fan.read(&mut buf, POLL_MS) {
             Ok(n) => n,
             Err(e) => break Err(Error::Other(format!("reading fanotify events failed: {e}"))),
         };
+        trickle = n > 0 && n < buf.len() / 4;
         if n == 0 {
             continue;
         }
@@ -785,6 +800,7 @@ struct Watcher<'a> {
     log: EventLog,
     limiter: RateLimiter,
     delivery: Delivery,
+    forensic: Option<forensic::Forensic>,
     /// (pid, start time, volume, path) → (ops already reported or implied, last event).
     coalesce: HashMap<(i32, u64, String, String), (u8, Instant)>,
 }
@@ -908,6 +924,9 @@ impl Watcher<'_> {
             );
         }
         self.delivery.send(value.to_string().into_bytes());
+        if let Some(f) = &mut self.forensic {
+            f.on_warning(&ev.volume, Instant::now());
+        }
     }
 
     fn lost(&mut self, volumes: &[String], reason: &str, sink: &mut dyn FnMut(Notice)) {
