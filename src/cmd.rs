@@ -10,8 +10,9 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::cli::{
-    BackupArgs, CheckArgs, RepairArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
-    InitArgs, InventoryArgs, LayerDiffArgs, PruneArgs, RestoreArgs, SnapshotsArgs, VerifyArgs,
+    BackupArgs, CheckArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
+    InitArgs, InventoryArgs, LayerDiffArgs, PruneArgs, RepairArgs, RestoreArgs, SnapshotsArgs,
+    VerifyArgs,
 };
 use crate::config::{self, FileConfig};
 use crate::crypto::Secret;

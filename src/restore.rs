@@ -447,10 +447,7 @@ pub fn to_dir(
                     && let Err(e) =
                         ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)
                 {
-                    report.errors.push(format!(
-                        "{}: subtree skipped: {e}",
-                        String::from_utf8_lossy(rel)
-                    ));
+                    report.errors.push(subtree_skipped(rel, &e));
                     stack.pop();
                     return Ok(false);
                 }
@@ -499,10 +496,7 @@ pub fn to_dir(
         (res, reports)
     });
     for (path, e) in walk_result? {
-        report.errors.push(format!(
-            "{}: subtree skipped: {e}",
-            String::from_utf8_lossy(&path)
-        ));
+        report.errors.push(subtree_skipped(&path, &e));
     }
     for r in worker_reports {
         report.bytes += r.bytes;
@@ -526,6 +520,17 @@ pub fn to_dir(
         report.errors.push(format!("{}: {e}", target.display()));
     }
     Ok(report)
+}
+
+/// The soft error for a directory whose entries were left out; the snapshot's root shows
+/// as `/`, so the message never starts with an empty name.
+fn subtree_skipped(rel: &[u8], e: &dyn std::fmt::Display) -> String {
+    let shown = if rel.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(rel)
+    };
+    format!("{shown}: subtree skipped: {e}")
 }
 
 fn prepare_target(target: &Path) -> Result<()> {
@@ -922,10 +927,7 @@ pub fn to_tar<W: Write>(
         Ok(true)
     })?;
     for (p, e) in problems {
-        report.errors.push(format!(
-            "{}: subtree skipped: {e}",
-            String::from_utf8_lossy(&p)
-        ));
+        report.errors.push(subtree_skipped(&p, &e));
     }
     builder
         .into_inner()

@@ -195,8 +195,21 @@ impl Backend for LocalBackend {
             .open_cached(self.path(kind, name))
             .map_err(|e| self.io("open", kind, name, e))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(|e| self.io("read", kind, name, e))?;
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            let e = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "it ends before byte {} (truncated?); `volguard check --read-data` \
+                         names what is affected, `volguard repair` rebuilds the index",
+                        offset + len
+                    ),
+                )
+            } else {
+                e
+            };
+            self.io("read", kind, name, e)
+        })?;
         Ok(buf)
     }
 
