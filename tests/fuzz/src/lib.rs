@@ -22,9 +22,12 @@ pub mod snapshot;
 #[path = "../../../src/tree.rs"]
 pub mod tree;
 
+// Declared here rather than inside `mod watch { }`: a path attribute there is taken
+// relative to a src/watch/ directory that this crate does not have.
+#[path = "../../../src/watch/fanotify.rs"]
+pub mod fanotify;
 pub mod watch {
-    #[path = "../../../../src/watch/fanotify.rs"]
-    pub mod fanotify;
+    pub use super::fanotify;
 }
 
 /// The fixed key the targets seal their inputs with, so the parsers behind decryption are
