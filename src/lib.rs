@@ -32,6 +32,7 @@ pub mod pack;
 pub mod prune;
 pub mod repo;
 pub mod restore;
+mod restore_packs;
 pub mod snapshot;
 pub mod tree;
 pub mod volume_diff;
