@@ -25,7 +25,7 @@ use crate::index::Index;
 use crate::repo::Repository;
 use crate::restore_packs::{self, FileTarget, Planner, Span, restore_span};
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{Node, NodeKind, Tree};
 
 /// Which entries to restore: `--include` / `--exclude` globs over paths inside the snapshot.
 #[derive(Debug, Default)]
@@ -96,7 +96,7 @@ pub fn walk(
     let mut problems = Vec::new();
     let mut path = Vec::new();
     if let Some(t) = root.subtree {
-        walk_tree(repo, index, &t, &mut path, visit, &mut problems)?;
+        walk_tree(repo, index, &t, None, &mut path, visit, &mut problems)?;
     }
     Ok(problems)
 }
@@ -110,6 +110,7 @@ fn walk_tree(
     repo: &Repository,
     index: &Index,
     tree: &BlobId,
+    loaded: Option<Result<Tree>>,
     path: &mut Vec<u8>,
     visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
     problems: &mut Vec<(Vec<u8>, Error)>,
@@ -125,13 +126,19 @@ fn walk_tree(
         ));
         return Ok(());
     }
-    let t = match repo.load_tree(index, tree) {
+    let t = match loaded.unwrap_or_else(|| repo.load_tree(index, tree)) {
         Ok(t) => t,
         Err(e) => {
             problems.push((path.clone(), e));
             return Ok(());
         }
     };
+    // The subdirectories' trees are loaded a group at a time, together: on S3 each is a
+    // request, and loading them one by one made the walk of a few hundred directories
+    // wait seconds on round trips while the restore workers had nothing to do.
+    let subtrees: Vec<BlobId> = t.nodes.iter().filter_map(|n| n.subtree).collect();
+    let mut next_sub = 0;
+    let mut ahead: std::collections::VecDeque<Result<Tree>> = Default::default();
     for node in &t.nodes {
         let len = path.len();
         if !path.is_empty() {
@@ -139,12 +146,53 @@ fn walk_tree(
         }
         path.extend_from_slice(&node.name);
         let descend = visit(path, node)?;
-        if descend && let Some(sub) = &node.subtree {
-            walk_tree(repo, index, sub, path, visit, problems)?;
+        if let Some(sub) = &node.subtree {
+            if ahead.is_empty() {
+                let group = &subtrees[next_sub..subtrees.len().min(next_sub + TREES_AHEAD)];
+                ahead.extend(load_trees(repo, index, group));
+            }
+            next_sub += 1;
+            let loaded = ahead.pop_front();
+            if descend {
+                walk_tree(repo, index, sub, loaded, path, visit, problems)?;
+            }
         }
         path.truncate(len);
     }
     Ok(())
+}
+
+/// Subdirectory trees loaded together (and held while their directory is walked).
+const TREES_AHEAD: usize = 32;
+
+/// Loads trees, as many at once as the backend serves reads; results in order.
+fn load_trees(repo: &Repository, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
+    let threads = repo.backend().read_concurrency().min(ids.len());
+    if threads <= 1 {
+        return ids.iter().map(|id| repo.load_tree(index, id)).collect();
+    }
+    let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                s.spawn(move || {
+                    (k..ids.len())
+                        .step_by(threads)
+                        .map(|i| (i, repo.load_tree(index, &ids[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, t) in h.join().unwrap_or_default() {
+                out[i] = Some(t);
+            }
+        }
+    });
+    ids.iter()
+        .zip(out)
+        .map(|(id, t)| t.unwrap_or_else(|| Err(Error::Other(format!("loading tree {id} stopped")))))
+        .collect()
 }
 
 /// Yields a file's data as runs `(logical offset, bytes)`, fetching and verifying one

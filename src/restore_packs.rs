@@ -35,6 +35,10 @@ use crate::tree::Node;
 const MAX_WINDOW_BYTES: u64 = 1024 * 1024 * 1024;
 /// Files planned at once (each keeps its node in memory until it is finished).
 const MAX_WINDOW_FILES: usize = 16 * 1024;
+/// The first window is this many times smaller than the largest, and each next one twice
+/// the last: the workers start while the walk is still reading trees, and later windows
+/// are large enough that a pack is rarely split between two of them.
+const FIRST_WINDOW_DIVISOR: u32 = 64;
 /// Bytes between two needed blobs of a pack still fetched in the same read: skipping them
 /// would cost a request, which takes about as long as transferring this much.
 const MAX_GAP_BYTES: u64 = 1024 * 1024;
@@ -220,6 +224,8 @@ pub struct Planner<'a> {
     by_blob: HashMap<BlobId, usize>,
     files: usize,
     bytes: u64,
+    /// How much smaller than the largest the current window is (see FIRST_WINDOW_DIVISOR).
+    divisor: u32,
 }
 
 impl<'a> Planner<'a> {
@@ -231,6 +237,7 @@ impl<'a> Planner<'a> {
             by_blob: HashMap::new(),
             files: 0,
             bytes: 0,
+            divisor: FIRST_WINDOW_DIVISOR,
         }
     }
 
@@ -262,12 +269,12 @@ impl<'a> Planner<'a> {
             }
             data_offset += u64::from(loc.raw_length);
             self.bytes += u64::from(loc.raw_length);
-            if self.bytes >= MAX_WINDOW_BYTES {
+            if self.bytes >= MAX_WINDOW_BYTES / u64::from(self.divisor) {
                 self.flush()?;
             }
         }
         self.files += 1;
-        if self.files >= MAX_WINDOW_FILES {
+        if self.files >= MAX_WINDOW_FILES / self.divisor as usize {
             self.flush()?;
         }
         Ok(())
@@ -278,6 +285,7 @@ impl<'a> Planner<'a> {
     pub fn flush(&mut self) -> Result<()> {
         self.files = 0;
         self.bytes = 0;
+        self.divisor = (self.divisor / 2).max(1);
         self.by_blob.clear();
         let mut order: Vec<PackId> = Vec::new();
         let mut per_pack: HashMap<PackId, Vec<Need>> = HashMap::new();
