@@ -420,7 +420,7 @@ pub fn to_dir(
             })
             .collect();
         drop(rx);
-        let mut planner = Planner::new(index, tx);
+        let mut planner = Planner::new(index, tx, opts.verify);
         let mut stack: Vec<PendingDir> = Vec::new();
         let mut links: HashMap<u64, PathBuf> = HashMap::new();
         let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
@@ -484,7 +484,6 @@ pub fn to_dir(
                     &display,
                     &mut links,
                     &mut planner,
-                    opts.verify,
                     &mut report,
                 )
             }) {
@@ -594,7 +593,6 @@ fn restore_entry(
     display: &str,
     links: &mut HashMap<u64, PathBuf>,
     planner: &mut Planner,
-    verify: bool,
     report: &mut RestoreReport,
 ) -> Result<()> {
     if node.kind == NodeKind::File {
@@ -632,7 +630,7 @@ fn restore_entry(
         ));
         if node.content.is_empty() {
             let mut r = RestoreReport::default();
-            restore_packs::finish(&target, verify, &mut r);
+            restore_packs::finish(&target, planner.verify, &mut r);
             report.files = report.files.saturating_sub(r.discarded);
             report.verified_files += r.verified_files;
             report.errors.extend(r.errors);

@@ -224,13 +224,16 @@ pub struct Planner<'a> {
     by_blob: HashMap<BlobId, usize>,
     files: usize,
     bytes: u64,
+    /// `--verify`: files finished by the walk itself (those without content) need it too.
+    pub verify: bool,
     /// How much smaller than the largest the current window is (see FIRST_WINDOW_DIVISOR).
     divisor: u32,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(index: &'a Index, tx: Sender<Span>) -> Self {
+    pub fn new(index: &'a Index, tx: Sender<Span>, verify: bool) -> Self {
         Planner {
+            verify,
             index,
             tx,
             needs: Vec::new(),
@@ -413,5 +416,75 @@ fn clone_err(e: &Error) -> Error {
     match e {
         Error::Corrupt { object, reason } => Error::corrupt(object.clone(), reason.clone()),
         other => Error::Other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need(offset: u64, length: u64) -> Need {
+        Need {
+            id: BlobId([offset as u8; 32]),
+            pack: PackId([1; 32]),
+            offset,
+            length,
+            raw_length: length as u32,
+            dests: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn spans_join_near_blobs_and_stop_at_gaps_and_size() {
+        const MIB: u64 = 1024 * 1024;
+        const G: u64 = MAX_GAP_BYTES;
+        let spans = cut_spans(
+            PackId([1; 32]),
+            vec![
+                need(0, 100),
+                need(100 + G, 100),           // gap exactly the limit: same read
+                need(300 + 2 * G, 100),       // gap past it: a new read
+                need(2 * MIB + 500, 8 * MIB), // near, but the read would pass MAX_SPAN_BYTES
+                need(20 * MIB, 10 * MIB),     // larger than a span: alone
+            ],
+        );
+        let got: Vec<(u64, u64, usize)> = spans
+            .iter()
+            .map(|s| (s.start, s.end, s.needs.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 200 + G, 2),
+                (300 + 2 * G, 400 + 2 * G, 1),
+                (2 * MIB + 500, 10 * MIB + 500, 1),
+                (20 * MIB, 30 * MIB, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn sparse_data_lands_on_the_extents_across_blob_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        file.set_len(40).unwrap();
+        let node = Node {
+            size: 40,
+            // Data 0..4 at 2, 4..10 at 20, then a zero-length extent, 10..12 at 38.
+            extents: Some(vec![(2, 4), (20, 6), (30, 0), (38, 2)]),
+            ..Node::default()
+        };
+        let t = FileTarget::new(path.clone(), "f".into(), node);
+        // Blobs of 3, 5 and 4 bytes: each straddles an extent boundary.
+        t.place(&file, 0, b"abc").unwrap();
+        t.place(&file, 3, b"defgh").unwrap();
+        t.place(&file, 8, b"ijkl").unwrap();
+        assert!(t.place(&file, 12, b"m").is_err(), "past the data must fail");
+        let mut want = vec![0u8; 40];
+        want[2..6].copy_from_slice(b"abcd");
+        want[20..26].copy_from_slice(b"efghij");
+        want[38..40].copy_from_slice(b"kl");
+        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 }
