@@ -54,7 +54,9 @@ pub struct FileTarget {
     extent_starts: Vec<u64>,
     /// Blob occurrences still to be written; whoever writes the last one finishes the file.
     remaining: AtomicUsize,
-    failed: Mutex<Option<String>>,
+    /// The first failure by place in the file (data offset, error): spans finish in any
+    /// order, and the message should not depend on which came first.
+    failed: Mutex<Option<(u64, String)>>,
 }
 
 impl FileTarget {
@@ -129,12 +131,15 @@ impl FileTarget {
 }
 
 /// Marks one blob occurrence of `t` done; finishes or discards the file after its last.
-fn done(t: &FileTarget, result: Result<u64>, verify: bool, report: &mut RestoreReport) {
+fn done(d: &Dest, result: Result<u64>, verify: bool, report: &mut RestoreReport) {
+    let t = &*d.target;
     match result {
         Ok(n) => report.bytes += n,
         Err(e) => {
             let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
+            if f.as_ref().is_none_or(|(at, _)| d.data_offset < *at) {
+                *f = Some((d.data_offset, e.to_string()));
+            }
         }
     }
     if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -148,7 +153,7 @@ fn done(t: &FileTarget, result: Result<u64>, verify: bool, report: &mut RestoreR
 pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport) {
     let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
     let result = match failed {
-        Some(e) => Err(Error::Other(e)),
+        Some((_, e)) => Err(Error::Other(e)),
         None => finish_file(t, verify),
     };
     match result {
@@ -366,7 +371,7 @@ pub fn restore_span(
             let e = e.to_string();
             for need in span.needs {
                 for d in need.dests {
-                    done(&d.target, Err(Error::Other(e.clone())), verify, report);
+                    done(&d, Err(Error::Other(e.clone())), verify, report);
                 }
             }
             return;
@@ -406,7 +411,7 @@ pub fn restore_span(
             if let (Ok(n), Some(p)) = (&written, progress) {
                 p.inc(*n);
             }
-            done(t, written, verify, report);
+            done(&d, written, verify, report);
         }
     }
 }
