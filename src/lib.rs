@@ -33,6 +33,7 @@ pub mod prune;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+mod restore_packs;
 pub mod snapshot;
 pub mod tree;
 pub mod volume_diff;

@@ -11,10 +11,9 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crossbeam_channel::bounded;
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -24,8 +23,9 @@ use crate::fsmeta;
 use crate::ids::BlobId;
 use crate::index::Index;
 use crate::repo::Repository;
+use crate::restore_packs::{self, FileTarget, Planner, Span, restore_span};
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{Node, NodeKind, Tree};
 
 /// Which entries to restore: `--include` / `--exclude` globs over paths inside the snapshot.
 #[derive(Debug, Default)]
@@ -96,7 +96,7 @@ pub fn walk(
     let mut problems = Vec::new();
     let mut path = Vec::new();
     if let Some(t) = root.subtree {
-        walk_tree(repo, index, &t, &mut path, visit, &mut problems)?;
+        walk_tree(repo, index, &t, None, &mut path, visit, &mut problems)?;
     }
     Ok(problems)
 }
@@ -110,6 +110,7 @@ fn walk_tree(
     repo: &Repository,
     index: &Index,
     tree: &BlobId,
+    loaded: Option<Result<Tree>>,
     path: &mut Vec<u8>,
     visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
     problems: &mut Vec<(Vec<u8>, Error)>,
@@ -125,13 +126,19 @@ fn walk_tree(
         ));
         return Ok(());
     }
-    let t = match repo.load_tree(index, tree) {
+    let t = match loaded.unwrap_or_else(|| repo.load_tree(index, tree)) {
         Ok(t) => t,
         Err(e) => {
             problems.push((path.clone(), e));
             return Ok(());
         }
     };
+    // The subdirectories' trees are loaded a group at a time, together: on S3 each is a
+    // request, and loading them one by one made the walk of a few hundred directories
+    // wait seconds on round trips while the restore workers had nothing to do.
+    let subtrees: Vec<BlobId> = t.nodes.iter().filter_map(|n| n.subtree).collect();
+    let mut next_sub = 0;
+    let mut ahead: std::collections::VecDeque<Result<Tree>> = Default::default();
     for node in &t.nodes {
         let len = path.len();
         if !path.is_empty() {
@@ -139,12 +146,53 @@ fn walk_tree(
         }
         path.extend_from_slice(&node.name);
         let descend = visit(path, node)?;
-        if descend && let Some(sub) = &node.subtree {
-            walk_tree(repo, index, sub, path, visit, problems)?;
+        if let Some(sub) = &node.subtree {
+            if ahead.is_empty() {
+                let group = &subtrees[next_sub..subtrees.len().min(next_sub + TREES_AHEAD)];
+                ahead.extend(load_trees(repo, index, group));
+            }
+            next_sub += 1;
+            let loaded = ahead.pop_front();
+            if descend {
+                walk_tree(repo, index, sub, loaded, path, visit, problems)?;
+            }
         }
         path.truncate(len);
     }
     Ok(())
+}
+
+/// Subdirectory trees loaded together (and held while their directory is walked).
+const TREES_AHEAD: usize = 32;
+
+/// Loads trees, as many at once as the backend serves reads; results in order.
+fn load_trees(repo: &Repository, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
+    let threads = repo.backend().read_concurrency().min(ids.len());
+    if threads <= 1 {
+        return ids.iter().map(|id| repo.load_tree(index, id)).collect();
+    }
+    let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                s.spawn(move || {
+                    (k..ids.len())
+                        .step_by(threads)
+                        .map(|i| (i, repo.load_tree(index, &ids[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, t) in h.join().unwrap_or_default() {
+                out[i] = Some(t);
+            }
+        }
+    });
+    ids.iter()
+        .zip(out)
+        .map(|(id, t)| t.unwrap_or_else(|| Err(Error::Other(format!("loading tree {id} stopped")))))
+        .collect()
 }
 
 /// Yields a file's data as runs `(logical offset, bytes)`, fetching and verifying one
@@ -319,28 +367,6 @@ pub struct RestoreOptions {
     pub progress: Option<indicatif::ProgressBar>,
 }
 
-/// One file being restored; shared by the segment jobs that fill it.
-struct FileTarget {
-    file: File,
-    path: PathBuf,
-    display: String,
-    node: Node,
-    /// Segments still to be written; whoever writes the last one finishes the file.
-    remaining: AtomicUsize,
-    failed: Mutex<Option<String>>,
-}
-
-/// A piece of a file: chunks `chunks` written at data offset `offset`. Large dense files are
-/// cut into several so both cores decrypt and decompress one big database file together.
-struct FileJob {
-    target: Arc<FileTarget>,
-    chunks: std::ops::Range<usize>,
-    offset: u64,
-}
-
-/// Dense files above this size are restored in segments of this many bytes.
-const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
-
 /// A directory on the walk stack: created on disk only once something inside it is restored.
 struct PendingDir {
     depth: usize,
@@ -363,14 +389,15 @@ pub fn to_dir(
     if !opts.dry_run {
         prepare_target(target)?;
     }
-    // Workers decrypt and decompress, but on a remote store they mostly wait for reads:
-    // as many as the backend serves at once, and at least one per core.
+    // Workers fetch spans of packs, then decrypt, decompress and write what is in them: on
+    // a remote store they mostly wait for reads, so as many as the backend serves at once,
+    // and at least one per core.
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .max(repo.backend().read_concurrency());
-    // Batches of small files: each holds open files, so few are queued.
-    let (tx, rx) = bounded::<Vec<FileJob>>(8);
+    // Spans queued for the workers: each holds its window's plan alive, so few.
+    let (tx, rx) = bounded::<Span>(2 * workers);
     let mut dir_meta: Vec<(PathBuf, Node)> = Vec::new();
     let (walk_result, worker_reports) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -378,48 +405,22 @@ pub fn to_dir(
                 let rx = rx.clone();
                 s.spawn(move || {
                     let mut r = RestoreReport::default();
-                    for batch in rx {
-                        for (job, written) in batch.iter().zip(write_batch(repo, index, &batch)) {
-                            let t = &job.target;
-                            match written {
-                                Ok(n) => {
-                                    r.bytes += n;
-                                    if let Some(p) = &opts.progress {
-                                        p.inc(n);
-                                    }
-                                }
-                                Err(e) => {
-                                    let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
-                                    f.get_or_insert_with(|| e.to_string());
-                                }
-                            }
-                            if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                                let failed =
-                                    t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-                                let result = match failed {
-                                    Some(e) => Err(Error::Other(e)),
-                                    None => finish_file(t, opts.verify),
-                                };
-                                match result {
-                                    Ok(()) => r.verified_files += opts.verify as u64,
-                                    Err(e) => {
-                                        r.discarded += 1;
-                                        r.errors.push(discard_file(t, e));
-                                    }
-                                }
-                            }
-                        }
+                    for span in rx {
+                        restore_span(
+                            repo,
+                            index,
+                            span,
+                            opts.verify,
+                            opts.progress.as_ref(),
+                            &mut r,
+                        );
                     }
                     r
                 })
             })
             .collect();
         drop(rx);
-        let mut batcher = Batcher {
-            tx,
-            jobs: Vec::new(),
-            bytes: 0,
-        };
+        let mut planner = Planner::new(index, tx, opts.verify);
         let mut stack: Vec<PendingDir> = Vec::new();
         let mut links: HashMap<u64, PathBuf> = HashMap::new();
         let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
@@ -479,7 +480,7 @@ pub fn to_dir(
                     &path,
                     &display,
                     &mut links,
-                    &mut batcher,
+                    &mut planner,
                     &mut report,
                 )
             }) {
@@ -487,8 +488,8 @@ pub fn to_dir(
             }
             Ok(false)
         });
-        let res = res.and_then(|r| batcher.flush().map(|()| r));
-        drop(batcher);
+        let res = res.and_then(|r| planner.flush().map(|()| r));
+        drop(planner);
         let reports: Vec<RestoreReport> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_default())
@@ -596,7 +597,7 @@ fn restore_entry(
     path: &Path,
     display: &str,
     links: &mut HashMap<u64, PathBuf>,
-    batcher: &mut Batcher,
+    planner: &mut Planner,
     report: &mut RestoreReport,
 ) -> Result<()> {
     if node.kind == NodeKind::File {
@@ -621,21 +622,25 @@ fn restore_entry(
             links.insert(group, path.to_path_buf());
         }
         report.files += 1;
-        let segments = segments(index, node);
-        let target = Arc::new(FileTarget {
-            file,
-            path: path.to_path_buf(),
-            display: display.to_string(),
-            node: node.clone(),
-            remaining: AtomicUsize::new(segments.len()),
-            failed: Mutex::new(None),
-        });
-        for (chunks, offset) in segments {
-            batcher.push(FileJob {
-                target: target.clone(),
-                chunks,
-                offset,
-            })?;
+        if node.extents.is_some() {
+            // Holes stay holes: the size first, then the data lands on the extents.
+            file.set_len(node.size)
+                .map_err(|e| Error::io("cannot set the size of", path, e))?;
+        }
+        drop(file);
+        let target = Arc::new(FileTarget::new(
+            path.to_path_buf(),
+            display.to_string(),
+            node.clone(),
+        ));
+        if node.content.is_empty() {
+            let mut r = RestoreReport::default();
+            restore_packs::finish(&target, planner.verify, &mut r);
+            report.files = report.files.saturating_sub(r.discarded);
+            report.verified_files += r.verified_files;
+            report.errors.extend(r.errors);
+        } else {
+            planner.add(&target)?;
         }
         return Ok(());
     }
@@ -699,173 +704,8 @@ pub fn check_content(index: &Index, node: &Node) -> Result<()> {
     }
 }
 
-/// How a file is cut into jobs: (chunk range, data offset). Sparse and small files are one
-/// job; large dense files are cut every `SEGMENT_BYTES` using chunk sizes from the index
-/// (a chunk the index does not know ends the cutting; the reader then reports it).
-fn segments(index: &Index, node: &Node) -> Vec<(std::ops::Range<usize>, u64)> {
-    let whole = vec![(0..node.content.len(), 0)];
-    if node.extents.is_some() || node.size <= SEGMENT_BYTES {
-        return whole;
-    }
-    let mut out = Vec::new();
-    let (mut start, mut start_offset, mut offset) = (0, 0u64, 0u64);
-    for (i, id) in node.content.iter().enumerate() {
-        let Some((_, loc)) = index.get(id) else {
-            return whole;
-        };
-        offset += loc.raw_length as u64;
-        if offset - start_offset >= SEGMENT_BYTES {
-            out.push((start..i + 1, start_offset));
-            start = i + 1;
-            start_offset = offset;
-        }
-    }
-    if start < node.content.len() || out.is_empty() {
-        out.push((start..node.content.len(), start_offset));
-    }
-    out
-}
-
-/// Writes one segment of a file (holes stay holes). Returns the data bytes written.
-/// Jobs on their way to the workers, gathered so that many small files cost one read: the
-/// walk meets files in the order the backup stored them, so their chunks sit side by side.
-struct Batcher {
-    tx: crossbeam_channel::Sender<Vec<FileJob>>,
-    jobs: Vec<FileJob>,
-    bytes: u64,
-}
-
-impl Batcher {
-    /// Files per batch (each holds an open file until written).
-    const MAX_JOBS: usize = 32;
-    const MAX_BYTES: u64 = 4 * 1024 * 1024;
-
-    fn push(&mut self, job: FileJob) -> Result<()> {
-        self.bytes += job.target.node.size.min(SEGMENT_BYTES);
-        self.jobs.push(job);
-        if self.jobs.len() >= Self::MAX_JOBS || self.bytes >= Self::MAX_BYTES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.bytes = 0;
-        if self.jobs.is_empty() {
-            return Ok(());
-        }
-        self.tx
-            .send(std::mem::take(&mut self.jobs))
-            .map_err(|_| Error::Other("restore workers stopped".into()))
-    }
-}
-
-/// Writes a batch: the dense pieces' chunks are read together (one ranged read per run of
-/// neighbours, see `Repository::read_blobs`), sparse files one by one.
-fn write_batch(repo: &Repository, index: &Index, batch: &[FileJob]) -> Vec<Result<u64>> {
-    let dense = |j: &FileJob| j.target.node.extents.is_none();
-    let ids: Vec<BlobId> = batch
-        .iter()
-        .filter(|j| dense(j))
-        .flat_map(|j| j.target.node.content[j.chunks.clone()].iter().copied())
-        .collect();
-    let mut data = match repo.read_blobs(index, &ids) {
-        Ok(d) => d.into_iter(),
-        // Read again file by file, so the error names the file(s) it belongs to.
-        Err(_) => {
-            return batch
-                .iter()
-                .map(|j| write_segment(repo, index, j))
-                .collect();
-        }
-    };
-    batch
-        .iter()
-        .map(|j| {
-            if !dense(j) {
-                return write_segment(repo, index, j);
-            }
-            let chunks: Vec<Vec<u8>> = data.by_ref().take(j.chunks.len()).collect();
-            write_chunks(j, chunks)
-        })
-        .collect()
-}
-
-fn write_chunks(job: &FileJob, chunks: Vec<Vec<u8>>) -> Result<u64> {
-    let t = &job.target;
-    let mut offset = job.offset;
-    for data in chunks {
-        if offset + data.len() as u64 > t.node.size {
-            return Err(Error::corrupt(
-                format!("file {}", t.display),
-                "more data than its size",
-            ));
-        }
-        t.file
-            .write_all_at(&data, offset)
-            .map_err(|e| Error::io("cannot write", &t.path, e))?;
-        offset += data.len() as u64;
-    }
-    Ok(offset - job.offset)
-}
-
-fn write_segment(repo: &Repository, index: &Index, job: &FileJob) -> Result<u64> {
-    let t = &job.target;
-    let io_err = |e| Error::io("cannot write", &t.path, e);
-    if let Some(_extents) = &t.node.extents {
-        // Sparse files are always one segment: lay the data runs onto the extents.
-        t.file.set_len(t.node.size).map_err(io_err)?;
-        let mut runs = DataRuns::new(repo, index, &t.node);
-        let mut written = 0u64;
-        while let Some((offset, data)) = runs.next_run()? {
-            t.file.write_all_at(&data, offset).map_err(io_err)?;
-            written += data.len() as u64;
-        }
-        return Ok(written);
-    }
-    write_chunks(
-        job,
-        repo.read_blobs(index, &t.node.content[job.chunks.clone()])?,
-    )
-}
-
-/// A file that could not be restored whole is emptied and removed, so no wrong or missing
-/// byte is left looking like restored data (its hard links made meanwhile are left empty,
-/// never with partial content). Returns the error line for the report.
-fn discard_file(t: &FileTarget, e: Error) -> String {
-    let gone = t
-        .file
-        .set_len(0)
-        .and_then(|()| std::fs::remove_file(&t.path));
-    match gone {
-        Ok(()) => format!("{}: not restored (removed): {e}", t.display),
-        Err(rm) => format!("{}: {e} (and it could not be removed: {rm})", t.display),
-    }
-}
-
-/// After the last segment: size check, optional re-hash, then metadata (last, so the
-/// mtime set is the one that stays).
-fn finish_file(t: &FileTarget, verify: bool) -> Result<()> {
-    let len = t
-        .file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat", &t.path, e))?
-        .len();
-    if len != t.node.size {
-        return Err(Error::corrupt(
-            format!("file {}", t.display),
-            format!("restored {len} bytes, snapshot says {}", t.node.size),
-        ));
-    }
-    if verify {
-        verify_file(&t.path, &t.node)?;
-    }
-    fsmeta::apply_metadata(&t.path, &t.node)
-        .map_err(|e| Error::io("cannot set metadata of", &t.path, e))
-}
-
 /// Re-reads a restored file and compares its plain BLAKE3 with the snapshot's.
-fn verify_file(path: &Path, node: &Node) -> Result<()> {
+pub(crate) fn verify_file(path: &Path, node: &Node) -> Result<()> {
     let Some(expected) = node.file_hash else {
         return Ok(());
     };

@@ -366,7 +366,8 @@ impl S3Backend {
             };
             let problem = match resp.body.collect().await {
                 Ok(b) => {
-                    let bytes = b.into_bytes().to_vec();
+                    // Without a second copy where the body arrived in one piece.
+                    let bytes = Vec::from(b.into_bytes());
                     match range {
                         Some((_, len)) if bytes.len() as u64 != len => {
                             format!("{} bytes arrived, {len} were asked for", bytes.len())
