@@ -365,22 +365,21 @@ pub fn restore_span(
         span.start,
         span.end - span.start,
     ));
-    let bytes = match fetched {
-        Ok(b) => b,
-        Err(e) => {
-            let e = e.to_string();
-            for need in span.needs {
-                for d in need.dests {
-                    done(&d, Err(Error::Other(e.clone())), verify, report);
-                }
-            }
-            return;
-        }
-    };
+    // A span that cannot be read whole (a truncated or missing pack, a range the server
+    // refuses) may still hold blobs that can be: each is then read on its own, so only the
+    // files that hold a lost blob fail.
+    let bytes = fetched
+        .inspect_err(|e| tracing::debug!("{e}; reading the span's blobs one by one"))
+        .ok();
     // The file written last, kept open: a pack's neighbouring blobs mostly belong to the
     // same file (one handle at a time per worker, so open files stay few).
     let mut open: Option<(*const FileTarget, File)> = None;
     for need in span.needs {
+        let Some(bytes) = &bytes else {
+            let data = repo.read_blob(index, &need.id);
+            write_need(need, data, &mut open, verify, progress, report);
+            continue;
+        };
         let at = (need.offset - span.start) as usize;
         let opened = bytes
             .get(at..at + need.length as usize)
@@ -398,21 +397,33 @@ pub fn restore_span(
             }
             other => other,
         };
-        for d in need.dests {
-            let t = &*d.target;
-            let written = data.as_ref().map_err(clone_err).and_then(|data| {
-                let file = match &open {
-                    Some((p, f)) if std::ptr::eq(*p, t) => f,
-                    _ => &open.insert((t as *const _, t.open()?)).1,
-                };
-                t.place(file, d.data_offset, data)?;
-                Ok(data.len() as u64)
-            });
-            if let (Ok(n), Some(p)) = (&written, progress) {
-                p.inc(*n);
-            }
-            done(&d, written, verify, report);
+        write_need(need, data, &mut open, verify, progress, report);
+    }
+}
+
+/// Writes one opened blob (or its error) to every place that holds it.
+fn write_need(
+    need: Need,
+    data: Result<Vec<u8>>,
+    open: &mut Option<(*const FileTarget, File)>,
+    verify: bool,
+    progress: Option<&indicatif::ProgressBar>,
+    report: &mut RestoreReport,
+) {
+    for d in need.dests {
+        let t = &*d.target;
+        let written = data.as_ref().map_err(clone_err).and_then(|data| {
+            let file = match &open {
+                Some((p, f)) if std::ptr::eq(*p, t) => f,
+                _ => &open.insert((t as *const _, t.open()?)).1,
+            };
+            t.place(file, d.data_offset, data)?;
+            Ok(data.len() as u64)
+        });
+        if let (Ok(n), Some(p)) = (&written, progress) {
+            p.inc(*n);
         }
+        done(&d, written, verify, report);
     }
 }
 
