@@ -47,7 +47,7 @@ pub fn run(
         .iter()
         .flat_map(|(_, m)| m.packs.iter().copied())
         .collect();
-    let (recovered, unreadable) = crate::repair::recover_in_memory(repo, &mut index, &marked)?;
+    let (recovered, unreadable) = repo.index_unlisted_packs(&mut index, &marked)?;
     for (id, why) in &unreadable {
         report.errors.push(format!(
             "packs/{id}: not in any index and its trailer is unreadable ({why}); whatever it \
@@ -56,7 +56,7 @@ pub fn run(
     }
     let recovered_blobs: HashMap<BlobId, PackId> = recovered
         .iter()
-        .flat_map(|(p, entries)| entries.iter().map(move |e| (e.id, *p)))
+        .flat_map(|p| p.blobs.iter().map(move |e| (e.id, p.id)))
         .collect();
     let stored: HashMap<PackId, u64> = repo
         .block_on(repo.backend().list(Kind::Pack))?
@@ -157,7 +157,7 @@ pub fn run(
              the index"
         ));
     }
-    for id in recovered.keys() {
+    for id in recovered.iter().map(|p| &p.id) {
         if !trees.used_watched.contains(id) && !marked.contains(id) {
             report.warnings.push(format!(
                 "packs/{id}: not in any index (left by an interrupted backup; the next backup indexes it)"

@@ -643,7 +643,7 @@ fn load_index_for_read(repo: &Repository) -> Result<Index> {
     }
     // Packs no readable index file lists (a damaged index file) are still read.
     let marked = prune::MarkedPacks::load(repo)?;
-    let (recovered, _) = crate::repair::recover_in_memory(repo, &mut index, &marked.packs)?;
+    let (recovered, _) = repo.index_unlisted_packs(&mut index, &marked.packs)?;
     if !recovered.is_empty() {
         tracing::info!(
             "{} pack(s) are in no readable index file; read from their own trailers \
@@ -712,7 +712,7 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
                 s.volume,
                 s.summary.files,
                 human_bytes(s.summary.total_bytes),
-                if crate::repair::is_broken(&broken, id) {
+                if broken.contains_key(&id.to_hex()) {
                     "  BROKEN (see `volguard check`)"
                 } else {
                     ""

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Kind;
 use crate::crypto::Purpose;
 use crate::error::{Error, Result};
-use crate::ids::{BlobId, PackId, SnapshotId};
+use crate::ids::{BlobId, PackId};
 use crate::index::{Index, IndexFile, IndexedPack};
 use crate::pack::{self, PackEntry};
 use crate::repo::Repository;
@@ -100,39 +100,6 @@ fn load_marks(repo: &Repository, problems: &mut Vec<String>) -> Result<Vec<(Stri
         }
     }
     Ok(marks)
-}
-
-/// Packs recovered in memory, with their trailers; packs whose trailer is unreadable, why.
-pub type Recovered = (HashMap<PackId, Vec<PackEntry>>, HashMap<PackId, String>);
-
-/// Adds to `index` (in memory only, nothing is written) every stored pack it does not know,
-/// from the pack's own trailer, so that a damaged or deleted index file does not hide
-/// intact data from readers. Packs in `skip` (marked by prune) stay out.
-pub fn recover_in_memory(
-    repo: &Repository,
-    index: &mut Index,
-    skip: &HashSet<PackId>,
-) -> Result<Recovered> {
-    let mut recovered = HashMap::new();
-    let mut unreadable = HashMap::new();
-    for obj in repo.block_on(repo.backend().list(Kind::Pack))? {
-        let Some(id) = PackId::from_hex(&obj.name) else {
-            continue;
-        };
-        if index.has_pack(&id) || skip.contains(&id) {
-            continue;
-        }
-        match repo.read_pack_trailer(&id, obj.size) {
-            Ok(entries) => {
-                index.add_pack(id, obj.size, &entries);
-                recovered.insert(id, entries);
-            }
-            Err(e) => {
-                unreadable.insert(id, e.to_string());
-            }
-        }
-    }
-    Ok((recovered, unreadable))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -335,11 +302,6 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
         report.marks_deleted.push(name);
     }
     Ok(report)
-}
-
-/// Whether `id` is marked broken, for `snapshots`.
-pub fn is_broken(broken: &HashMap<String, BrokenSnapshot>, id: &SnapshotId) -> bool {
-    broken.contains_key(&id.to_hex())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Opening and creating repositories: the sealed config, the key entries, and the
 //! read paths (index, blobs, trees, snapshots) every command shares.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -439,12 +439,18 @@ impl Repository {
         )))
     }
 
-    /// Reads the trailer of every pack the index does not know (left by an interrupted
-    /// backup, or by a damaged index file) and writes an index file for them, so their
-    /// blobs are reused instead of uploaded again. Returns how many packs were recovered.
-    /// Packs in `skip` (marked by prune) are left alone.
-    pub fn recover_unindexed(&self, index: &mut Index, skip: &HashSet<PackId>) -> Result<usize> {
+    /// Adds to `index`, in memory only, every stored pack it does not know, from the pack's
+    /// own trailer: packs left by an interrupted backup, or listed only by a damaged or
+    /// deleted index file, so intact data is never hidden from readers. Packs in `skip`
+    /// (marked by prune) stay out. Returns the packs added and, for packs whose trailer is
+    /// unreadable, why.
+    pub fn index_unlisted_packs(
+        &self,
+        index: &mut Index,
+        skip: &HashSet<PackId>,
+    ) -> Result<(Vec<IndexedPack>, HashMap<PackId, String>)> {
         let mut recovered = Vec::new();
+        let mut unreadable = HashMap::new();
         for obj in self.block_on(self.backend.list(Kind::Pack))? {
             let Some(id) = PackId::from_hex(&obj.name) else {
                 continue;
@@ -453,21 +459,32 @@ impl Repository {
                 continue;
             }
             match self.read_pack_trailer(&id, obj.size) {
-                Ok(blobs) => recovered.push(IndexedPack {
-                    id,
-                    size: obj.size,
-                    blobs,
-                }),
+                Ok(blobs) => {
+                    index.add_pack(id, obj.size, &blobs);
+                    recovered.push(IndexedPack {
+                        id,
+                        size: obj.size,
+                        blobs,
+                    });
+                }
                 Err(e) => {
-                    tracing::warn!(pack = %obj.name, "unindexed pack is unreadable, ignoring it: {e}")
+                    unreadable.insert(id, e.to_string());
                 }
             }
         }
+        Ok((recovered, unreadable))
+    }
+
+    /// `index_unlisted_packs`, then an index file for the packs it found, so a backup
+    /// reuses their blobs instead of uploading them again. Returns how many packs that was.
+    pub fn recover_unindexed(&self, index: &mut Index, skip: &HashSet<PackId>) -> Result<usize> {
+        let (recovered, unreadable) = self.index_unlisted_packs(index, skip)?;
+        for (id, e) in &unreadable {
+            tracing::warn!(pack = %id, "unindexed pack is unreadable, ignoring it: {e}");
+        }
         let n = recovered.len();
         if n > 0 {
-            let file = IndexFile { packs: recovered };
-            self.save_index(&file)?;
-            index.add_file(&file);
+            self.save_index(&IndexFile { packs: recovered })?;
         }
         Ok(n)
     }

@@ -502,9 +502,11 @@ pub fn to_dir(
     for r in worker_reports {
         report.bytes += r.bytes;
         report.verified_files += r.verified_files;
-        report.files = report.files.saturating_sub(r.discarded);
+        report.discarded += r.discarded;
         report.errors.extend(r.errors);
     }
+    // Files removed after a failure were counted when the walk created them.
+    report.files = report.files.saturating_sub(report.discarded);
     if opts.dry_run {
         return Ok(report);
     }
@@ -634,11 +636,7 @@ fn restore_entry(
             node.clone(),
         ));
         if node.content.is_empty() {
-            let mut r = RestoreReport::default();
-            restore_packs::finish(&target, planner.verify, &mut r);
-            report.files = report.files.saturating_sub(r.discarded);
-            report.verified_files += r.verified_files;
-            report.errors.extend(r.errors);
+            restore_packs::finish(&target, planner.verify, report);
         } else {
             planner.add(&target)?;
         }
