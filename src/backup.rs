@@ -36,6 +36,18 @@ const QUEUE_BLOBS: usize = 16;
 const READAHEAD_DIRS: usize = 256;
 /// Files up to this size are read ahead; larger ones stream well enough on their own.
 const READAHEAD_FILE_MAX: u64 = 1024 * 1024;
+/// Entries of subdirectories read ahead with their parent directory, at most: enough to
+/// cover the time the scanner spends in the parent, bounded so a huge tree is not pulled
+/// into the page cache long before it is read.
+const READAHEAD_LOOKAHEAD_FILES: usize = 4096;
+/// Files at least this large are read with O_DIRECT (see `DirectReads`).
+const DIRECT_FILE_MIN: u64 = 8 * 1024 * 1024;
+/// One O_DIRECT read: large enough that a disk streams at close to full speed without
+/// readahead, small enough to stay a small part of the backup's memory.
+const DIRECT_READ_BYTES: usize = 4 * 1024 * 1024;
+/// Offsets, lengths and buffer addresses of O_DIRECT reads must be multiples of the
+/// device's logical block size; 4 KiB covers every common device.
+const DIRECT_ALIGN: usize = 4096;
 /// Soft-error messages kept verbatim in the snapshot; the rest are only counted.
 const MAX_ERROR_MESSAGES: usize = 1000;
 
@@ -317,7 +329,7 @@ fn load_parent_tree(repo: &Repository, index: &Index, id: &BlobId) -> Option<Tre
 }
 
 fn seal_worker(repo: &Repository, rx: Receiver<RawBlob>, tx: Sender<SealedBlob>) {
-    let Ok(mut zstd) = zstd::bulk::Compressor::new(repo.config().compression_level) else {
+    let Ok(mut zstd) = pack::BlobCompressor::new(repo.config().compression_level) else {
         tracing::error!("cannot create a zstd compressor");
         return;
     };
@@ -339,8 +351,11 @@ fn seal_worker(repo: &Repository, rx: Receiver<RawBlob>, tx: Sender<SealedBlob>)
 /// drags file data along.
 fn packer(repo: &Repository, rx: Receiver<SealedBlob>, tx: Sender<FinishedPack>) {
     let limit = repo.config().pack_bytes as usize;
-    let mut data = PackBuilder::default();
-    let mut trees = PackBuilder::default();
+    // A pack ends with the blob that takes it past the limit (at most a chunk, or a
+    // directory listing, which may be larger and then grows the buffer), then its trailer.
+    let room = limit + repo.config().chunker.max as usize + 1024 * 1024;
+    let mut data = PackBuilder::with_capacity(room);
+    let mut trees = PackBuilder::with_capacity(room);
     let finish = |b: PackBuilder| finish_pack(repo, b);
     for b in rx {
         let builder = match b.kind {
@@ -348,7 +363,14 @@ fn packer(repo: &Repository, rx: Receiver<SealedBlob>, tx: Sender<FinishedPack>)
             BlobKind::Tree => &mut trees,
         };
         builder.add(b.kind, b.id, &b.sealed, b.raw_length);
-        if builder.len() >= limit && tx.send(finish(std::mem::take(builder))).is_err() {
+        if builder.len() >= limit
+            && tx
+                .send(finish(std::mem::replace(
+                    builder,
+                    PackBuilder::with_capacity(room),
+                )))
+                .is_err()
+        {
             return;
         }
     }
@@ -449,42 +471,84 @@ fn upload_pack(
 }
 
 /// Asks the kernel to start reading the small files of each directory the scanner enters,
-/// so the many small reads of a cold cache overlap instead of waiting one by one. Files the
-/// parent snapshot says are unchanged are only stat'ed (which warms their inodes).
+/// so the many small reads of a cold cache overlap instead of waiting one by one. Files go
+/// in the scanner's (name) order, so the first it needs are asked for first. A directory
+/// with no listing in the parent snapshot (all of an initial backup) also has the small
+/// files of its subdirectories asked for, since the scanner reaches them next; with a
+/// listing, files it says are unchanged are only stat'ed (which warms their inodes).
 fn readahead(rx: Receiver<(PathBuf, Option<Arc<Tree>>)>) {
+    // Subdirectories whose files were read ahead with their parent.
+    let mut done: HashSet<PathBuf> = HashSet::new();
     for (dir, parent) in rx {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for ent in rd.flatten() {
-            let Ok(meta) = ent.metadata() else { continue };
-            if !meta.is_file() || meta.len() == 0 || meta.len() > READAHEAD_FILE_MAX {
-                continue;
-            }
-            let name = ent.file_name();
-            let unchanged = parent.as_ref().is_some_and(|t| {
-                t.nodes
-                    .binary_search_by(|n| n.name.as_slice().cmp(name.as_bytes()))
-                    .is_ok_and(|i| {
-                        let p = &t.nodes[i];
-                        p.size == meta.len()
-                            && p.mtime_sec == meta.mtime()
-                            && p.mtime_nsec == meta.mtime_nsec() as u32
-                            && p.inode == meta.ino()
-                    })
-            });
-            if unchanged {
-                continue;
-            }
-            if let Ok(f) = open_for_backup(&ent.path()) {
-                let _ = nix::fcntl::posix_fadvise(
-                    &f,
-                    0,
-                    meta.len() as i64,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-                );
+        let files = !done.remove(&dir);
+        let (subdirs, _) = readahead_dir(&dir, parent.as_deref(), files);
+        if parent.is_none() {
+            let mut budget = READAHEAD_LOOKAHEAD_FILES;
+            for sub in subdirs {
+                if budget == 0 {
+                    break;
+                }
+                budget = budget.saturating_sub(readahead_dir(&sub, None, true).1);
+                done.insert(sub);
             }
         }
+    }
+}
+
+/// Reads ahead the small files of `dir` (unless `files` is false); returns its
+/// subdirectories in name order and how many entries it has.
+fn readahead_dir(dir: &Path, parent: Option<&Tree>, files: bool) -> (Vec<PathBuf>, usize) {
+    let entries = sorted_entries(dir);
+    let count = entries.len();
+    let mut subdirs = Vec::new();
+    for (path, meta) in entries {
+        if meta.is_dir() {
+            subdirs.push(path);
+        } else if files {
+            readahead_file(&path, &meta, parent);
+        }
+    }
+    (subdirs, count)
+}
+
+fn sorted_entries(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<_> = rd
+        .flatten()
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .collect();
+    entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    entries
+}
+
+fn readahead_file(path: &Path, meta: &std::fs::Metadata, parent: Option<&Tree>) {
+    if !meta.is_file() || meta.len() == 0 || meta.len() > READAHEAD_FILE_MAX {
+        return;
+    }
+    let unchanged = parent.is_some_and(|t| {
+        let name = path.file_name().unwrap_or_default();
+        t.nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name.as_bytes()))
+            .is_ok_and(|i| {
+                let p = &t.nodes[i];
+                p.size == meta.len()
+                    && p.mtime_sec == meta.mtime()
+                    && p.mtime_nsec == meta.mtime_nsec() as u32
+                    && p.inode == meta.ino()
+            })
+    });
+    if unchanged {
+        return;
+    }
+    if let Ok(f) = open_for_backup(path) {
+        let _ = nix::fcntl::posix_fadvise(
+            &f,
+            0,
+            meta.len() as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
     }
 }
 
@@ -748,7 +812,8 @@ impl Scanner<'_> {
         if !opened.is_file() || opened.ino() != before.ino() {
             return Ok(false);
         }
-        if opened.len() > READAHEAD_FILE_MAX {
+        let direct = opened.len() >= DIRECT_FILE_MIN && DirectReads::enable(&file);
+        if !direct && opened.len() > READAHEAD_FILE_MAX {
             // A larger readahead window: large files are read start to end exactly once.
             let _ = nix::fcntl::posix_fadvise(
                 &file,
@@ -761,6 +826,9 @@ impl Scanner<'_> {
             .map_err(|e| ReadError::Soft(format!("cannot map holes: {e}")))?;
         let size = opened.len();
         let mut reader = ExtentReader::new(&file, size, extents.clone());
+        if direct {
+            reader.direct = Some(DirectReads::new());
+        }
         let params = self.repo.config().chunker;
         let seed = self.repo.keys().chunker_seed;
         let mut content = Vec::new();
@@ -809,6 +877,75 @@ impl Scanner<'_> {
         node.extents = extents;
         node.file_hash = Some(reader.finish_hash());
         Ok(true)
+    }
+}
+
+/// Large files are read with O_DIRECT: the bytes go from the device into one reused,
+/// aligned buffer instead of through the page cache. A backup reads every byte once, so
+/// caching them only evicts what the host's services keep there (a database's working
+/// set), and filling fresh page-cache pages costs more CPU than the copy itself (the
+/// S3 benchmark's initial backup spent 15% of its CPU there). Dirty pages of the range
+/// are written back by the kernel before it reads, so what is read is current.
+struct DirectReads {
+    buf: Vec<u8>,
+    /// Where the aligned part of `buf` starts.
+    pad: usize,
+    /// The file offset of the aligned part's first byte, and how many bytes it holds.
+    start: u64,
+    len: usize,
+}
+
+impl DirectReads {
+    fn new() -> Self {
+        let buf = vec![0; DIRECT_READ_BYTES + DIRECT_ALIGN];
+        let pad = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        DirectReads {
+            buf,
+            pad,
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Turns O_DIRECT on for `file`; false where the filesystem has no such mode (tmpfs,
+    /// some FUSE filesystems), which then read through the page cache as before.
+    fn enable(file: &File) -> bool {
+        Self::set(file, true).is_ok()
+    }
+
+    fn disable(file: &File) -> io::Result<()> {
+        Self::set(file, false)
+    }
+
+    fn set(file: &File, on: bool) -> io::Result<()> {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+        let flags = if on {
+            flags | OFlag::O_DIRECT
+        } else {
+            flags - OFlag::O_DIRECT
+        };
+        fcntl(file, FcntlArg::F_SETFL(flags))?;
+        Ok(())
+    }
+
+    /// Copies into `out` what the file holds at `offset`, refilling the buffer with one
+    /// aligned read when `offset` is outside it. 0 means end of file.
+    fn read_at(&mut self, file: &File, out: &mut [u8], offset: u64) -> io::Result<usize> {
+        let end = self.start + self.len as u64;
+        if offset < self.start || offset >= end {
+            let aligned = offset - offset % DIRECT_ALIGN as u64;
+            let area = &mut self.buf[self.pad..self.pad + DIRECT_READ_BYTES];
+            self.len = file.read_at(area, aligned)?;
+            self.start = aligned;
+            if offset >= self.start + self.len as u64 {
+                return Ok(0);
+            }
+        }
+        let from = self.pad + (offset - self.start) as usize;
+        let n = out.len().min(self.len - (offset - self.start) as usize);
+        out[..n].copy_from_slice(&self.buf[from..from + n]);
+        Ok(n)
     }
 }
 
@@ -870,6 +1007,8 @@ struct ExtentReader<'a> {
     /// Logical offset up to which the hasher has been fed.
     hashed_to: u64,
     hasher: blake3::Hasher,
+    /// Set when `file` has O_DIRECT on.
+    direct: Option<DirectReads>,
 }
 
 impl<'a> ExtentReader<'a> {
@@ -882,6 +1021,24 @@ impl<'a> ExtentReader<'a> {
             pos_in_extent: 0,
             hashed_to: 0,
             hasher: blake3::Hasher::new(),
+            direct: None,
+        }
+    }
+
+    /// Reads at `offset` through the O_DIRECT buffer if the file has one, else directly.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let Some(direct) = &mut self.direct else {
+            return self.file.read_at(buf, offset);
+        };
+        match direct.read_at(self.file, buf, offset) {
+            // A filesystem or device that refuses O_DIRECT (or this alignment) on read.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("O_DIRECT read refused ({e}); reading through the page cache");
+                self.direct = None;
+                DirectReads::disable(self.file)?;
+                self.file.read_at(buf, offset)
+            }
+            r => r,
         }
     }
 
@@ -912,7 +1069,7 @@ impl Read for ExtentReader<'_> {
             let offset = start + self.pos_in_extent;
             self.hash_zeros_to(offset);
             let want = ((len - self.pos_in_extent) as usize).min(buf.len());
-            let n = self.file.read_at(&mut buf[..want], offset)?;
+            let n = self.read_at(&mut buf[..want], offset)?;
             if n == 0 {
                 // Shrunk under us: stop here; the size check after reading notices.
                 self.current = self.extents.len();
@@ -924,5 +1081,81 @@ impl Read for ExtentReader<'_> {
             return Ok(n);
         }
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large file read through O_DIRECT in odd-sized pieces, across buffer refills, a
+    /// hole and an unaligned end, gives exactly the bytes a plain read gives.
+    #[test]
+    fn direct_reads_match_the_file_across_refills_holes_and_an_unaligned_end() {
+        // /var/tmp, not /tmp: a disk filesystem where O_DIRECT really bypasses the cache.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("big");
+        let size = 3 * DIRECT_READ_BYTES as u64 + 12_345;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut part = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        };
+        {
+            let f = File::create(&path).unwrap();
+            // Data, a 1 MiB hole, data up to the end.
+            let hole = (DIRECT_READ_BYTES as u64 + 4096, 1 << 20);
+            f.write_all_at(&part(hole.0 as usize), 0).unwrap();
+            let tail_at = hole.0 + hole.1;
+            f.write_all_at(&part((size - tail_at) as usize), tail_at)
+                .unwrap();
+            f.sync_all().unwrap();
+        }
+        let expected = std::fs::read(&path).unwrap();
+
+        let file = open_for_backup(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        assert!(
+            DirectReads::enable(&file),
+            "/var/tmp refuses O_DIRECT: the test needs a filesystem that has it"
+        );
+        let extents = fsmeta::data_extents(&file, &meta).unwrap();
+        let mut reader = ExtentReader::new(&file, size, extents.clone());
+        reader.direct = Some(DirectReads::new());
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 100_003];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(reader.direct.is_some(), "fell back to buffered reads");
+        // The reader yields data extents back to back; compare with the same from a plain read.
+        let want: Vec<u8> = match &extents {
+            Some(ext) => ext
+                .iter()
+                .flat_map(|&(at, len)| {
+                    expected[at as usize..(at + len).min(size) as usize]
+                        .iter()
+                        .copied()
+                })
+                .collect(),
+            None => expected.clone(),
+        };
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "O_DIRECT read differs from the file");
+        assert_eq!(
+            reader.finish_hash(),
+            *blake3::hash(&expected).as_bytes(),
+            "whole-file hash with the hole as zeros"
+        );
     }
 }

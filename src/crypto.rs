@@ -5,7 +5,7 @@
 //! BLAKE3's key derivation, so one secret yields independent keys for encryption, chunk ids
 //! and the chunker seed.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,9 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// Bytes a sealed object has beyond its plaintext.
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+/// Bytes in front of the ciphertext (format byte and nonce): the room `Keys::seal_vec`
+/// needs before the plaintext.
+pub const SEAL_HEADER: usize = 1 + NONCE_LEN;
 
 /// What a sealed object is; bound into the AEAD as associated data so an object of one
 /// kind can never be passed off as another.
@@ -87,28 +90,60 @@ impl Keys {
         seal_with(&self.cipher, purpose, plaintext)
     }
 
+    /// `seal` of `buf[SEAL_HEADER..]` without copying it (the first SEAL_HEADER bytes
+    /// are overwritten): for blobs, the bulk of what a backup encrypts.
+    pub fn seal_vec(&self, purpose: Purpose, buf: Vec<u8>) -> Vec<u8> {
+        seal_vec_with(&self.cipher, purpose, buf)
+    }
+
     pub fn open(&self, purpose: Purpose, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
         open_with(&self.cipher, purpose, sealed, what)
+    }
+
+    /// `open` where the sealed bytes lie (they are overwritten): returns the plaintext as
+    /// a part of `sealed`. A restore opens every blob of a fetched span this way instead
+    /// of copying each into a buffer of its own.
+    pub fn open_in_place<'a>(
+        &self,
+        purpose: Purpose,
+        sealed: &'a mut [u8],
+        what: &str,
+    ) -> Result<&'a mut [u8]> {
+        check_header(sealed, what)?;
+        let nonce = *XNonce::from_slice(&sealed[1..SEAL_HEADER]);
+        let body_len = sealed.len() - SEAL_OVERHEAD;
+        let (body, tag) = sealed[SEAL_HEADER..].split_at_mut(body_len);
+        self.cipher
+            .decrypt_in_place_detached(&nonce, purpose.aad(), body, (&*tag).into())
+            .map_err(|_| auth_failed(what))?;
+        Ok(body)
     }
 }
 
 fn seal_with(cipher: &XChaCha20Poly1305, purpose: Purpose, plaintext: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    buf.resize(SEAL_HEADER, 0);
+    buf.extend_from_slice(plaintext);
+    seal_vec_with(cipher, purpose, buf)
+}
+
+/// Seals `buf[SEAL_HEADER..]` where it lies: the header goes into the first SEAL_HEADER
+/// bytes and the tag after the ciphertext, so the plaintext is never copied.
+fn seal_vec_with(cipher: &XChaCha20Poly1305, purpose: Purpose, mut buf: Vec<u8>) -> Vec<u8> {
+    assert!(buf.len() >= SEAL_HEADER, "no room for the seal header");
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let ct = cipher
-        .encrypt(
+    buf[0] = SEAL_VERSION;
+    buf[1..SEAL_HEADER].copy_from_slice(&nonce);
+    let tag = cipher
+        .encrypt_in_place_detached(
             XNonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: purpose.aad(),
-            },
+            purpose.aad(),
+            &mut buf[SEAL_HEADER..],
         )
         .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
-    out.push(SEAL_VERSION);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    out
+    buf.extend_from_slice(&tag);
+    buf
 }
 
 fn open_with(
@@ -117,6 +152,20 @@ fn open_with(
     sealed: &[u8],
     what: &str,
 ) -> Result<Vec<u8>> {
+    check_header(sealed, what)?;
+    let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+    cipher
+        .decrypt(
+            nonce,
+            Payload {
+                msg: &sealed[1 + NONCE_LEN..],
+                aad: purpose.aad(),
+            },
+        )
+        .map_err(|_| auth_failed(what))
+}
+
+fn check_header(sealed: &[u8], what: &str) -> Result<()> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(Error::corrupt(
             what,
@@ -129,21 +178,14 @@ fn open_with(
             format!("unknown seal format {}", sealed[0]),
         ));
     }
-    let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
-    cipher
-        .decrypt(
-            nonce,
-            Payload {
-                msg: &sealed[1 + NONCE_LEN..],
-                aad: purpose.aad(),
-            },
-        )
-        .map_err(|_| {
-            Error::corrupt(
-                what,
-                "authentication failed (tampered, truncated or bit-flipped)",
-            )
-        })
+    Ok(())
+}
+
+fn auth_failed(what: &str) -> Error {
+    Error::corrupt(
+        what,
+        "authentication failed (tampered, truncated or bit-flipped)",
+    )
 }
 
 /// How the key-encryption key is derived from what the user holds.

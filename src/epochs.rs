@@ -248,12 +248,31 @@ impl Backend for Epochs {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, BackendError> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)
+            .await?;
+        Ok(buf)
+    }
+
+    async fn get_range_into(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
         if is_root_kind(kind) {
-            return self.root.get_range(kind, name, offset, len).await;
+            return self.root.get_range_into(kind, name, offset, len, buf).await;
         }
         let mut last = None;
         for d in self.candidates(kind, name).await? {
-            match self.sub(&d).await?.get_range(kind, name, offset, len).await {
+            match self
+                .sub(&d)
+                .await?
+                .get_range_into(kind, name, offset, len, buf)
+                .await
+            {
                 Err(e) if e.is_not_found() => last = Some(e),
                 other => return other,
             }

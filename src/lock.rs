@@ -468,6 +468,18 @@ impl Backend for ObjectLock {
     ) -> std::result::Result<Vec<u8>, BackendError> {
         self.inner.get_range(kind, name, offset, len).await
     }
+    async fn get_range_into(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> std::result::Result<(), BackendError> {
+        self.inner
+            .get_range_into(kind, name, offset, len, buf)
+            .await
+    }
     async fn list(&self, kind: Kind) -> std::result::Result<Vec<ObjectInfo>, BackendError> {
         self.inner.list(kind).await
     }

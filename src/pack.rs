@@ -41,75 +41,141 @@ pub struct PackEntry {
     pub raw_length: u32,
 }
 
-/// Compresses (when it pays) and seals one blob. The compressor is reused across blobs:
-/// creating a zstd context per chunk costs more than compressing a small one.
-pub fn seal_blob(keys: &Keys, raw: &[u8], zstd: &mut zstd::bulk::Compressor<'_>) -> Vec<u8> {
-    let mut body = Vec::with_capacity(raw.len() + 1);
-    body.push(FLAG_ZSTD);
-    let bound = zstd::zstd_safe::compress_bound(raw.len());
-    body.resize(1 + bound, 0);
-    let compressed = zstd.compress_to_buffer(raw, &mut body[1..]).ok();
-    match compressed {
-        // Incompressible data (media, already-compressed files) is stored as is:
-        // decompressing it would cost time on restore and save nothing.
-        Some(n) if n < raw.len() => body.truncate(1 + n),
-        _ => {
-            body.clear();
-            body.push(FLAG_RAW);
-            body.extend_from_slice(raw);
-        }
+/// Compresses (when it pays) and seals one blob. The compressor and its output buffer are
+/// reused across blobs: creating a zstd context per chunk costs more than compressing a
+/// small one, and a fresh buffer per chunk is zeroed and faulted in each time.
+pub fn seal_blob(keys: &Keys, raw: &[u8], zstd: &mut BlobCompressor) -> Vec<u8> {
+    let scratch = &mut zstd.scratch;
+    scratch.clear();
+    scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+    let compressed = zstd.cctx.compress_to_buffer(raw, scratch).is_ok();
+    // Incompressible data (media, already-compressed files) is stored as is: decompressing
+    // it would cost time on restore and save nothing.
+    let (flag, body) = if compressed && scratch.len() < raw.len() {
+        (FLAG_ZSTD, &scratch[..])
+    } else {
+        (FLAG_RAW, raw)
+    };
+    let mut buf = Vec::with_capacity(crate::crypto::SEAL_OVERHEAD + 1 + body.len());
+    buf.resize(crate::crypto::SEAL_HEADER, 0);
+    buf.push(flag);
+    buf.extend_from_slice(body);
+    keys.seal_vec(Purpose::Blob, buf)
+}
+
+/// A zstd context and the buffer it compresses into, one per sealing thread.
+pub struct BlobCompressor {
+    cctx: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
+
+impl BlobCompressor {
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        Ok(BlobCompressor {
+            cctx: zstd::bulk::Compressor::new(level)?,
+            scratch: Vec::new(),
+        })
     }
-    keys.seal(Purpose::Blob, &body)
 }
 
 /// Opens one sealed blob and checks it really is the blob `id`.
 pub fn open_blob(keys: &Keys, sealed: &[u8], id: &BlobId, raw_length: u32) -> Result<Vec<u8>> {
     let what = format!("blob {}", id.to_hex());
-    let body = keys.open(Purpose::Blob, sealed, &what)?;
-    let (flag, payload) = body
-        .split_first()
-        .ok_or_else(|| Error::corrupt(&what, "empty blob body"))?;
-    let raw = match *flag {
-        FLAG_RAW => payload.to_vec(),
-        FLAG_ZSTD => {
-            if raw_length > MAX_BLOB_BYTES {
-                return Err(Error::corrupt(&what, "declared size is absurd"));
-            }
-            // One decompression context per thread: creating one per blob cost a restore
-            // of small chunks about 5% of its CPU time. The output may not pass the
-            // declared size, so a decompression bomb stops there.
-            thread_local! {
-                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-                    const { std::cell::RefCell::new(None) };
-            }
-            DCTX.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                let dctx = match cell.as_mut() {
-                    Some(d) => d,
-                    None => cell.insert(
-                        zstd::bulk::Decompressor::new()
-                            .map_err(|e| Error::corrupt(&what, format!("zstd: {e}")))?,
-                    ),
-                };
-                dctx.decompress(payload, raw_length as usize)
-                    .map_err(|e| Error::corrupt(&what, format!("zstd: {e}")))
-            })?
+    let mut body = keys.open(Purpose::Blob, sealed, &what)?;
+    let raw = match decode_flag(&body, &what)? {
+        // Shifting the bytes down costs less than a fresh buffer to copy them into.
+        FLAG_RAW => {
+            body.drain(..1);
+            body
         }
-        other => return Err(Error::corrupt(&what, format!("unknown blob flag {other}"))),
+        _ => {
+            let mut out = Vec::new();
+            decompress_into(&body[1..], raw_length, &mut out, &what)?;
+            out
+        }
     };
+    check_raw(keys, &raw, id, raw_length, &what)?;
+    Ok(raw)
+}
+
+/// `open_blob` where the sealed bytes lie (a restore's fetched span; they are
+/// overwritten): a blob stored raw comes back as a part of `sealed`, a compressed one is
+/// decompressed into `out`, a buffer the caller reuses.
+pub fn open_blob_in_place<'a>(
+    keys: &Keys,
+    sealed: &'a mut [u8],
+    id: &BlobId,
+    raw_length: u32,
+    out: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let what = format!("blob {}", id.to_hex());
+    let body = keys.open_in_place(Purpose::Blob, sealed, &what)?;
+    let raw: &[u8] = match decode_flag(body, &what)? {
+        FLAG_RAW => &body[1..],
+        _ => {
+            decompress_into(&body[1..], raw_length, out, &what)?;
+            out
+        }
+    };
+    check_raw(keys, raw, id, raw_length, &what)?;
+    Ok(raw)
+}
+
+/// The flag byte in front of a blob's body: FLAG_RAW or FLAG_ZSTD.
+fn decode_flag(body: &[u8], what: &str) -> Result<u8> {
+    match body.first() {
+        None => Err(Error::corrupt(what, "empty blob body")),
+        Some(&f) if f == FLAG_RAW || f == FLAG_ZSTD => Ok(f),
+        Some(other) => Err(Error::corrupt(what, format!("unknown blob flag {other}"))),
+    }
+}
+
+/// Decompresses into `out` (emptied first). The output may not pass the declared size, so
+/// a decompression bomb stops there.
+fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &str) -> Result<()> {
+    if raw_length > MAX_BLOB_BYTES {
+        return Err(Error::corrupt(what, "declared size is absurd"));
+    }
+    // One decompression context per thread: creating one per blob cost a restore of small
+    // chunks about 5% of its CPU time.
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    // Exactly the declared size (zeroing a reused buffer is cheap next to decompressing).
+    out.clear();
+    out.resize(raw_length as usize, 0);
+    DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let dctx = match cell.as_mut() {
+            Some(d) => d,
+            None => cell.insert(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?,
+            ),
+        };
+        let n = dctx
+            .decompress_to_buffer(payload, &mut out[..])
+            .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?;
+        out.truncate(n);
+        Ok(())
+    })
+}
+
+fn check_raw(keys: &Keys, raw: &[u8], id: &BlobId, raw_length: u32, what: &str) -> Result<()> {
     if raw.len() != raw_length as usize {
         return Err(Error::corrupt(
-            &what,
+            what,
             format!(
                 "{} bytes after decoding, index says {raw_length}",
                 raw.len()
             ),
         ));
     }
-    if keys.id_of(&raw) != id.0 {
-        return Err(Error::corrupt(&what, "content does not match its id"));
+    if keys.id_of(raw) != id.0 {
+        return Err(Error::corrupt(what, "content does not match its id"));
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Accumulates sealed blobs into one pack in memory.
@@ -120,6 +186,15 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
+    /// A builder whose buffer holds a pack of `bytes` without growing: growing a 16 MiB
+    /// buffer by doubling copies it about once more.
+    pub fn with_capacity(bytes: usize) -> Self {
+        PackBuilder {
+            buf: Vec::with_capacity(bytes),
+            entries: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -223,7 +298,7 @@ mod tests {
     fn pack_round_trip_and_garbage_is_refused() {
         let keys = Keys::from_master(&[1u8; 32]);
         let mut b = PackBuilder::default();
-        let mut z = zstd::bulk::Compressor::new(3).unwrap();
+        let mut z = BlobCompressor::new(3).unwrap();
         let raws: Vec<Vec<u8>> = vec![
             vec![0u8; 10000],
             (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(),

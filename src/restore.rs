@@ -405,6 +405,7 @@ pub fn to_dir(
                 let rx = rx.clone();
                 s.spawn(move || {
                     let mut r = RestoreReport::default();
+                    let mut buf = Vec::new();
                     for span in rx {
                         restore_span(
                             repo,
@@ -413,6 +414,7 @@ pub fn to_dir(
                             opts.verify,
                             opts.progress.as_ref(),
                             &mut r,
+                            &mut buf,
                         );
                     }
                     r

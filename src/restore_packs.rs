@@ -347,7 +347,8 @@ fn cut_spans(pack: PackId, needs: Vec<Need>) -> Vec<Span> {
     spans
 }
 
-/// Fetches one span, opens each blob once and writes it to all its places. A blob that
+/// Fetches one span (into `buf`, the worker's reused read buffer), opens each blob once
+/// and writes it to all its places. A blob that
 /// does not verify is read again on its own (a bit flipped on the way costs a read, not
 /// the files); what still fails fails exactly the files that hold it.
 pub fn restore_span(
@@ -357,54 +358,60 @@ pub fn restore_span(
     verify: bool,
     progress: Option<&indicatif::ProgressBar>,
     report: &mut RestoreReport,
+    buf: &mut Vec<u8>,
 ) {
     let name = span.pack.to_hex();
-    let fetched = repo.block_on(repo.backend().get_range(
+    let fetched = repo.block_on(repo.backend().get_range_into(
         Kind::Pack,
         &name,
         span.start,
         span.end - span.start,
+        buf,
     ));
     // A span that cannot be read whole (a truncated or missing pack, a range the server
     // refuses) may still hold blobs that can be: each is then read on its own, so only the
     // files that hold a lost blob fail.
-    let bytes = fetched
+    let fetched = fetched
         .inspect_err(|e| tracing::debug!("{e}; reading the span's blobs one by one"))
-        .ok();
+        .is_ok();
     // The file written last, kept open: a pack's neighbouring blobs mostly belong to the
     // same file (one handle at a time per worker, so open files stay few).
     let mut open: Option<(*const FileTarget, File)> = None;
+    // Decompressed blobs; those stored raw are written straight from `buf`.
+    let mut out = Vec::new();
     for need in span.needs {
-        let Some(bytes) = &bytes else {
+        if !fetched {
             let data = repo.read_blob(index, &need.id);
-            write_need(need, data, &mut open, verify, progress, report);
+            write_need(need, data.as_deref(), &mut open, verify, progress, report);
             continue;
-        };
+        }
         let at = (need.offset - span.start) as usize;
-        let opened = bytes
-            .get(at..at + need.length as usize)
+        let opened = buf
+            .get_mut(at..at + need.length as usize)
             .ok_or_else(|| {
                 Error::corrupt(
                     format!("packs/{}", span.pack),
                     "shorter than the index says",
                 )
             })
-            .and_then(|sealed| pack::open_blob(repo.keys(), sealed, &need.id, need.raw_length));
-        let data = match opened {
+            .and_then(|sealed| {
+                pack::open_blob_in_place(repo.keys(), sealed, &need.id, need.raw_length, &mut out)
+            });
+        match opened {
             Err(Error::Corrupt { object, reason }) => {
                 tracing::debug!("{object} did not verify ({reason}); reading it again");
-                repo.read_blob(index, &need.id)
+                let data = repo.read_blob(index, &need.id);
+                write_need(need, data.as_deref(), &mut open, verify, progress, report);
             }
-            other => other,
-        };
-        write_need(need, data, &mut open, verify, progress, report);
+            other => write_need(need, other.as_deref(), &mut open, verify, progress, report),
+        }
     }
 }
 
 /// Writes one opened blob (or its error) to every place that holds it.
 fn write_need(
     need: Need,
-    data: Result<Vec<u8>>,
+    data: std::result::Result<&[u8], &Error>,
     open: &mut Option<(*const FileTarget, File)>,
     verify: bool,
     progress: Option<&indicatif::ProgressBar>,
@@ -412,7 +419,7 @@ fn write_need(
 ) {
     for d in need.dests {
         let t = &*d.target;
-        let written = data.as_ref().map_err(clone_err).and_then(|data| {
+        let written = data.map_err(clone_err).and_then(|data| {
             let file = match &open {
                 Some((p, f)) if std::ptr::eq(*p, t) => f,
                 _ => &open.insert((t as *const _, t.open()?)).1,

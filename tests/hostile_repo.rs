@@ -368,7 +368,7 @@ fn tampering_without_the_key_is_refused_and_named() {
 struct Crafter {
     repo: Repository,
     pack: PackBuilder,
-    zstd: zstd::bulk::Compressor<'static>,
+    zstd: volguard::pack::BlobCompressor,
 }
 
 impl Crafter {
@@ -376,7 +376,7 @@ impl Crafter {
         Crafter {
             repo: open_repo(repo),
             pack: PackBuilder::default(),
-            zstd: zstd::bulk::Compressor::new(3).unwrap(),
+            zstd: volguard::pack::BlobCompressor::new(3).unwrap(),
         }
     }
 

@@ -191,11 +191,26 @@ impl Backend for LocalBackend {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, BackendError> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)
+            .await?;
+        Ok(buf)
+    }
+
+    async fn get_range_into(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
         let f = self
             .open_cached(self.path(kind, name))
             .map_err(|e| self.io("open", kind, name, e))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| {
+        buf.clear();
+        buf.resize(len as usize, 0);
+        f.read_exact_at(buf, offset).map_err(|e| {
             let e = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 std::io::Error::new(
                     e.kind(),
@@ -209,8 +224,7 @@ impl Backend for LocalBackend {
                 e
             };
             self.io("read", kind, name, e)
-        })?;
-        Ok(buf)
+        })
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError> {

@@ -349,7 +349,8 @@ impl S3Backend {
         kind: Kind,
         name: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<Vec<u8>, BackendError> {
+        sink: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
         let key = self.key(kind, name);
         // The SDK retries a request until its headers arrive; a body cut off after that
         // (a reset, a dying proxy) is retried here, with the same backoff.
@@ -364,18 +365,22 @@ impl S3Backend {
                 Err(e) if is_missing_object(&e) => return Err(self.not_found(kind, name)),
                 Err(e) => return Err(self.fail(op, &key, &e)),
             };
-            let problem = match resp.body.collect().await {
-                Ok(b) => {
-                    // Without a second copy where the body arrived in one piece.
-                    let bytes = Vec::from(b.into_bytes());
-                    match range {
-                        Some((_, len)) if bytes.len() as u64 != len => {
-                            format!("{} bytes arrived, {len} were asked for", bytes.len())
+            sink.clear();
+            if let Some((_, len)) = range {
+                sink.reserve(len as usize);
+            }
+            let mut body = resp.body;
+            let problem = loop {
+                match body.next().await {
+                    Some(Ok(piece)) => sink.extend_from_slice(&piece),
+                    Some(Err(e)) => break one_line(&DisplayErrorContext(&e).to_string()),
+                    None => match range {
+                        Some((_, len)) if sink.len() as u64 != len => {
+                            break format!("{} bytes arrived, {len} were asked for", sink.len());
                         }
-                        _ => return Ok(bytes),
-                    }
+                        _ => return Ok(()),
+                    },
                 }
-                Err(e) => one_line(&DisplayErrorContext(&e).to_string()),
             };
             if attempt >= MAX_ATTEMPTS {
                 return Err(BackendError::Other(format!(
@@ -773,7 +778,9 @@ impl Backend for S3Backend {
     }
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError> {
-        self.read("GetObject", kind, name, None).await
+        let mut data = Vec::new();
+        self.read("GetObject", kind, name, None, &mut data).await?;
+        Ok(data)
     }
 
     async fn get_range(
@@ -783,22 +790,36 @@ impl Backend for S3Backend {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, BackendError> {
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let data = self
-            .read("GetObject (range)", kind, name, Some((offset, len)))
+        let mut data = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut data)
             .await?;
-        if data.len() as u64 != len {
+        Ok(data)
+    }
+
+    async fn get_range_into(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
+        buf.clear();
+        if len == 0 {
+            return Ok(());
+        }
+        self.read("GetObject (range)", kind, name, Some((offset, len)), buf)
+            .await?;
+        if buf.len() as u64 != len {
             return Err(BackendError::Other(format!(
                 "S3 GetObject (range) of s3://{}/{} at {}: asked for {len} bytes at offset {offset}, got {} (object shorter than the index says?)",
                 self.bucket,
                 self.key(kind, name),
                 self.endpoint,
-                data.len()
+                buf.len()
             )));
         }
-        Ok(data)
+        Ok(())
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError> {
