@@ -130,8 +130,10 @@ fn decode_flag(body: &[u8], what: &str) -> Result<u8> {
     }
 }
 
-/// Decompresses into `out` (emptied first). The output may not pass the declared size, so
-/// a decompression bomb stops there.
+/// Decompresses into `out` (emptied first). The output stops at `out`'s capacity, which is
+/// the declared size or what earlier (legitimate) blobs needed, so a decompression bomb
+/// stops there; a wrong size is then refused by `check_raw`. Reserving does not touch the
+/// memory, so a hostile declared size costs address space, not resident memory.
 fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &str) -> Result<()> {
     if raw_length > MAX_BLOB_BYTES {
         return Err(Error::corrupt(what, "declared size is absurd"));
@@ -142,9 +144,8 @@ fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &st
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
     }
-    // Exactly the declared size (zeroing a reused buffer is cheap next to decompressing).
     out.clear();
-    out.resize(raw_length as usize, 0);
+    out.reserve(raw_length as usize);
     DCTX.with(|cell| {
         let mut cell = cell.borrow_mut();
         let dctx = match cell.as_mut() {
@@ -154,10 +155,9 @@ fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &st
                     .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?,
             ),
         };
-        let n = dctx
-            .decompress_to_buffer(payload, &mut out[..])
+        // Writes into the spare capacity and sets the length.
+        dctx.decompress_to_buffer(payload, out)
             .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?;
-        out.truncate(n);
         Ok(())
     })
 }
