@@ -501,29 +501,33 @@ fn readahead_dir(dir: &Path, parent: Option<&Tree>, files: bool) -> (Vec<PathBuf
     let entries = sorted_entries(dir);
     let count = entries.len();
     let mut subdirs = Vec::new();
-    for (path, meta) in entries {
-        if meta.is_dir() {
+    for (path, kind) in entries {
+        if kind.is_dir() {
             subdirs.push(path);
-        } else if files {
-            readahead_file(&path, &meta, parent);
+        } else if files && kind.is_file() {
+            readahead_file(&path, parent);
         }
     }
     (subdirs, count)
 }
 
-fn sorted_entries(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+/// The entries of `dir` in name order, with their type from the directory itself (no stat).
+fn sorted_entries(dir: &Path) -> Vec<(PathBuf, std::fs::FileType)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut entries: Vec<_> = rd
         .flatten()
-        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .filter_map(|e| Some((e.path(), e.file_type().ok()?)))
         .collect();
     entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
     entries
 }
 
-fn readahead_file(path: &Path, meta: &std::fs::Metadata, parent: Option<&Tree>) {
+fn readahead_file(path: &Path, parent: Option<&Tree>) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
     if !meta.is_file() || meta.len() == 0 || meta.len() > READAHEAD_FILE_MAX {
         return;
     }

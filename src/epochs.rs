@@ -241,19 +241,6 @@ impl Backend for Epochs {
         }))
     }
 
-    async fn get_range(
-        &self,
-        kind: Kind,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, BackendError> {
-        let mut buf = Vec::new();
-        self.get_range_into(kind, name, offset, len, &mut buf)
-            .await?;
-        Ok(buf)
-    }
-
     async fn get_range_into(
         &self,
         kind: Kind,

@@ -459,15 +459,6 @@ impl Backend for ObjectLock {
     async fn get(&self, kind: Kind, name: &str) -> std::result::Result<Vec<u8>, BackendError> {
         self.inner.get(kind, name).await
     }
-    async fn get_range(
-        &self,
-        kind: Kind,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> std::result::Result<Vec<u8>, BackendError> {
-        self.inner.get_range(kind, name, offset, len).await
-    }
     async fn get_range_into(
         &self,
         kind: Kind,

@@ -185,10 +185,15 @@ pub trait Backend: Send + Sync {
         name: &str,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<u8>, BackendError>;
-    /// `get_range` into `buf` (emptied first), so that a caller reading many ranges reuses
-    /// one allocation: a fresh buffer of several MiB per read is faulted in page by page,
-    /// which cost a pack-ordered restore from S3 about a seventh of its CPU.
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)
+            .await?;
+        Ok(buf)
+    }
+    /// `len` bytes at `offset` into `buf` (emptied first), so that a caller reading many
+    /// ranges reuses one allocation: a fresh buffer of several MiB per read is faulted in
+    /// page by page, which cost a pack-ordered restore from S3 about a seventh of its CPU.
     async fn get_range_into(
         &self,
         kind: Kind,
@@ -196,10 +201,7 @@ pub trait Backend: Send + Sync {
         offset: u64,
         len: u64,
         buf: &mut Vec<u8>,
-    ) -> Result<(), BackendError> {
-        *buf = self.get_range(kind, name, offset, len).await?;
-        Ok(())
-    }
+    ) -> Result<(), BackendError>;
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError>;
     async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError>;
     /// Creates whatever the store needs before the first object (directories, ...).
