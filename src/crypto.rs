@@ -5,8 +5,7 @@
 //! BLAKE3's key derivation, so one secret yields independent keys for encryption, chunk ids
 //! and the chunker seed.
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -53,10 +52,64 @@ impl Purpose {
     }
 }
 
+/// XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha): HChaCha20 turns the key and the first 16
+/// nonce bytes into a subkey for IETF ChaCha20-Poly1305 with the last 8. The AEAD itself is
+/// AWS-LC's (already linked for TLS), whose assembly seals and opens about twice as fast
+/// here as the portable Rust implementation (1.9 against 1.0 GB/s); that is most of a
+/// restore's CPU. The bytes are the same: a test checks them against that implementation.
+#[derive(Clone)]
+struct Cipher {
+    key: [u8; 32],
+}
+
+impl Cipher {
+    fn new(key: [u8; 32]) -> Self {
+        Cipher { key }
+    }
+
+    fn subkey(&self, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
+        let sub = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+            (&self.key).into(),
+            (&nonce[..16]).into(),
+        );
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &sub)
+            .expect("a 32-byte key is what ChaCha20-Poly1305 takes");
+        let mut inner = [0u8; 12];
+        inner[4..].copy_from_slice(&nonce[16..]);
+        (LessSafeKey::new(key), Nonce::assume_unique_for_key(inner))
+    }
+
+    fn encrypt_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let (key, nonce) = self.subkey(nonce);
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), buf)
+            .expect("ChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        tag.as_ref().try_into().expect("a Poly1305 tag is 16 bytes")
+    }
+
+    /// Opens `body_and_tag` where it lies; the plaintext is its first `len - TAG_LEN` bytes.
+    fn decrypt_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        body_and_tag: &mut [u8],
+    ) -> std::result::Result<(), ()> {
+        let (key, nonce) = self.subkey(nonce);
+        key.open_in_place(nonce, Aad::from(aad), body_and_tag)
+            .map(|_| ())
+            .map_err(|_| ())
+    }
+}
+
 /// The keys derived from the master secret. Debug never prints key bytes.
 #[derive(Clone)]
 pub struct Keys {
-    cipher: XChaCha20Poly1305,
+    cipher: Cipher,
     id_key: [u8; 32],
     pub chunker_seed: u64,
 }
@@ -75,7 +128,7 @@ impl Keys {
         let mut seed8 = [0u8; 8];
         seed8.copy_from_slice(&seed[..8]);
         Keys {
-            cipher: XChaCha20Poly1305::new((&enc).into()),
+            cipher: Cipher::new(enc),
             id_key,
             chunker_seed: u64::from_le_bytes(seed8),
         }
@@ -109,18 +162,17 @@ impl Keys {
         sealed: &'a mut [u8],
         what: &str,
     ) -> Result<&'a mut [u8]> {
-        check_header(sealed, what)?;
-        let nonce = *XNonce::from_slice(&sealed[1..SEAL_HEADER]);
+        let nonce = check_header(sealed, what)?;
         let body_len = sealed.len() - SEAL_OVERHEAD;
-        let (body, tag) = sealed[SEAL_HEADER..].split_at_mut(body_len);
+        let body_and_tag = &mut sealed[SEAL_HEADER..];
         self.cipher
-            .decrypt_in_place_detached(&nonce, purpose.aad(), body, (&*tag).into())
+            .decrypt_in_place(&nonce, purpose.aad(), body_and_tag)
             .map_err(|_| auth_failed(what))?;
-        Ok(body)
+        Ok(&mut body_and_tag[..body_len])
     }
 }
 
-fn seal_with(cipher: &XChaCha20Poly1305, purpose: Purpose, plaintext: &[u8]) -> Vec<u8> {
+fn seal_with(cipher: &Cipher, purpose: Purpose, plaintext: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
     buf.resize(SEAL_HEADER, 0);
     buf.extend_from_slice(plaintext);
@@ -129,43 +181,29 @@ fn seal_with(cipher: &XChaCha20Poly1305, purpose: Purpose, plaintext: &[u8]) -> 
 
 /// Seals `buf[SEAL_HEADER..]` where it lies: the header goes into the first SEAL_HEADER
 /// bytes and the tag after the ciphertext, so the plaintext is never copied.
-fn seal_vec_with(cipher: &XChaCha20Poly1305, purpose: Purpose, mut buf: Vec<u8>) -> Vec<u8> {
+fn seal_vec_with(cipher: &Cipher, purpose: Purpose, mut buf: Vec<u8>) -> Vec<u8> {
     assert!(buf.len() >= SEAL_HEADER, "no room for the seal header");
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     buf[0] = SEAL_VERSION;
     buf[1..SEAL_HEADER].copy_from_slice(&nonce);
-    let tag = cipher
-        .encrypt_in_place_detached(
-            XNonce::from_slice(&nonce),
-            purpose.aad(),
-            &mut buf[SEAL_HEADER..],
-        )
-        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+    let tag = cipher.encrypt_in_place(&nonce, purpose.aad(), &mut buf[SEAL_HEADER..]);
     buf.extend_from_slice(&tag);
     buf
 }
 
-fn open_with(
-    cipher: &XChaCha20Poly1305,
-    purpose: Purpose,
-    sealed: &[u8],
-    what: &str,
-) -> Result<Vec<u8>> {
-    check_header(sealed, what)?;
-    let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+fn open_with(cipher: &Cipher, purpose: Purpose, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+    let nonce = check_header(sealed, what)?;
+    let mut plain = sealed[SEAL_HEADER..].to_vec();
     cipher
-        .decrypt(
-            nonce,
-            Payload {
-                msg: &sealed[1 + NONCE_LEN..],
-                aad: purpose.aad(),
-            },
-        )
-        .map_err(|_| auth_failed(what))
+        .decrypt_in_place(&nonce, purpose.aad(), &mut plain)
+        .map_err(|_| auth_failed(what))?;
+    plain.truncate(plain.len() - TAG_LEN);
+    Ok(plain)
 }
 
-fn check_header(sealed: &[u8], what: &str) -> Result<()> {
+/// Checks the length and format byte of a sealed object and returns its nonce.
+fn check_header(sealed: &[u8], what: &str) -> Result<[u8; NONCE_LEN]> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(Error::corrupt(
             what,
@@ -178,7 +216,9 @@ fn check_header(sealed: &[u8], what: &str) -> Result<()> {
             format!("unknown seal format {}", sealed[0]),
         ));
     }
-    Ok(())
+    Ok(sealed[1..SEAL_HEADER]
+        .try_into()
+        .expect("the header holds a whole nonce"))
 }
 
 fn auth_failed(what: &str) -> Error {
@@ -283,7 +323,7 @@ pub fn wrap_master(master: &[u8; 32], secret: &Secret, host: &str, now: &str) ->
     rand::rngs::OsRng.fill_bytes(&mut salt);
     let kdf = secret.kdf();
     let kek = derive_kek(&kdf, secret.bytes(), &salt)?;
-    let cipher = XChaCha20Poly1305::new((&kek).into());
+    let cipher = Cipher::new(kek);
     Ok(KeyEntry {
         version: 1,
         kdf,
@@ -305,7 +345,7 @@ pub fn unwrap_master(entry: &KeyEntry, secret: &Secret) -> Result<Option<[u8; 32
         return Ok(None);
     }
     let kek = derive_kek(&entry.kdf, secret.bytes(), &salt)?;
-    let cipher = XChaCha20Poly1305::new((&kek).into());
+    let cipher = Cipher::new(kek);
     match open_with(&cipher, Purpose::MasterKey, &wrapped, "key entry") {
         Ok(plain) if plain.len() == 32 => {
             let mut m = [0u8; 32];
@@ -345,6 +385,59 @@ mod tests {
             );
         }
         assert!(keys.open(Purpose::Blob, &sealed[..10], "t").is_err());
+    }
+
+    /// The AWS-LC construction must produce exactly the bytes of the reference
+    /// XChaCha20-Poly1305, or repositories written before it would stop opening.
+    #[test]
+    fn cipher_matches_the_reference_xchacha20_poly1305_both_ways() {
+        use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let mut rng = rand::rngs::OsRng;
+        for len in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            63,
+            64,
+            65,
+            255,
+            256,
+            1000,
+            4099,
+            (1 << 20) + 7,
+        ] {
+            let mut key = [0u8; 32];
+            let mut nonce = [0u8; NONCE_LEN];
+            rng.fill_bytes(&mut key);
+            rng.fill_bytes(&mut nonce);
+            let mut plain = vec![0u8; len];
+            rng.fill_bytes(&mut plain);
+            let ours = Cipher::new(key);
+            let reference = XChaCha20Poly1305::new((&key).into());
+
+            let mut a = plain.clone();
+            let tag_a = ours.encrypt_in_place(&nonce, b"aad", &mut a);
+            let mut b = plain.clone();
+            let tag_b = reference
+                .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"aad", &mut b)
+                .unwrap();
+            assert_eq!(a, b, "ciphertext differs at length {len}");
+            assert_eq!(&tag_a[..], &tag_b[..], "tag differs at length {len}");
+
+            let mut sealed = b;
+            sealed.extend_from_slice(&tag_b);
+            ours.decrypt_in_place(&nonce, b"aad", &mut sealed).unwrap();
+            assert_eq!(&sealed[..len], &plain[..]);
+            let mut wrong_aad = a.clone();
+            wrong_aad.extend_from_slice(&tag_a);
+            assert!(
+                ours.decrypt_in_place(&nonce, b"other", &mut wrong_aad)
+                    .is_err()
+            );
+        }
     }
 
     #[test]
