@@ -15,9 +15,12 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmodat, mknod, utimensat};
+use nix::sys::stat::{
+    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, futimens, mknod, utimensat,
+};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, Whence, fchownat, lseek, mkfifo};
+use nix::unistd::{Gid, Uid, Whence, fchown, fchownat, lseek, mkfifo};
+use xattr::FileExt;
 
 use crate::tree::{Node, NodeKind, Xattr};
 
@@ -212,9 +215,9 @@ fn refused_for_kind(kind: NodeKind, e: &io::Error) -> bool {
 /// Makes the entry's xattrs exactly the node's: sets every one the node has and removes
 /// the others, because a new entry may have inherited a default ACL from its parent
 /// directory that the original never had. LSM labels (`security.*`) are left alone.
-fn apply_xattrs(path: &Path, node: &Node) -> io::Result<()> {
+fn apply_xattrs(entry: Entry, node: &Node) -> io::Result<()> {
     let mut first_err = None;
-    let existing = match xattr_names(path) {
+    let existing = match entry.xattr_names() {
         Ok(names) => names,
         Err(e) => {
             first_err.get_or_insert(e);
@@ -226,7 +229,7 @@ fn apply_xattrs(path: &Path, node: &Node) -> io::Result<()> {
         if bytes.starts_with(SECURITY_NAMESPACE) || node.xattrs.iter().any(|x| x.name == bytes) {
             continue;
         }
-        match xattr::remove(path, &name) {
+        match entry.remove_xattr(&name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) if refused_for_kind(node.kind, &e) => {}
@@ -239,7 +242,7 @@ fn apply_xattrs(path: &Path, node: &Node) -> io::Result<()> {
         }
     }
     for x in &node.xattrs {
-        match xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
+        match entry.set_xattr(OsStr::from_bytes(&x.name), &x.value) {
             Ok(()) => {}
             Err(e) if refused_for_kind(node.kind, &e) => {}
             Err(e) => {
@@ -283,21 +286,26 @@ fn chmod_nofollow(path: &Path, mode: Mode) -> io::Result<()> {
 /// also cost the mode and times; the first error is returned. When ownership could not be
 /// set, setuid/setgid are dropped: they would otherwise grant the restoring user's ids.
 pub fn apply_metadata(path: &Path, node: &Node) -> io::Result<()> {
+    apply(Entry::Path(path), node)
+}
+
+/// `apply_metadata` through an open regular file: a restore sets the metadata of the
+/// files it wrote on the descriptor it wrote them with, which saves a path lookup per
+/// call (and glibc's /proc-based emulation of a no-follow chmod) on every file.
+pub fn apply_file_metadata(file: &File, node: &Node) -> io::Result<()> {
+    apply(Entry::File(file), node)
+}
+
+fn apply(entry: Entry, node: &Node) -> io::Result<()> {
     let mut first_err: Option<io::Error> = None;
-    let owned = fchownat(
-        AT_FDCWD,
-        path,
-        Some(Uid::from_raw(node.uid)),
-        Some(Gid::from_raw(node.gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    );
+    let owned = entry.chown(Uid::from_raw(node.uid), Gid::from_raw(node.gid));
     if let Err(e) = owned {
         first_err.get_or_insert(io::Error::new(
             io::Error::from(e).kind(),
             format!("cannot chown to {}:{}: {e}", node.uid, node.gid),
         ));
     }
-    if let Err(e) = apply_xattrs(path, node) {
+    if let Err(e) = apply_xattrs(entry, node) {
         first_err.get_or_insert(e);
     }
     if node.kind != NodeKind::Symlink {
@@ -305,7 +313,7 @@ pub fn apply_metadata(path: &Path, node: &Node) -> io::Result<()> {
         if owned.is_err() {
             mode &= !0o6000;
         }
-        if let Err(e) = chmod_nofollow(path, Mode::from_bits_truncate(mode)) {
+        if let Err(e) = entry.chmod(Mode::from_bits_truncate(mode)) {
             first_err.get_or_insert(io::Error::new(
                 e.kind(),
                 format!("cannot chmod to {mode:o}: {e}"),
@@ -313,19 +321,81 @@ pub fn apply_metadata(path: &Path, node: &Node) -> io::Result<()> {
         }
     }
     let mtime = TimeSpec::new(node.mtime_sec, i64::from(node.mtime_nsec));
-    if let Err(e) = utimensat(
-        AT_FDCWD,
-        path,
-        &mtime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    ) {
+    if let Err(e) = entry.set_mtime(&mtime) {
         first_err.get_or_insert(io::Error::new(
             io::Error::from(e).kind(),
             format!("cannot set mtime: {e}"),
         ));
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// What metadata is put on: a path, never followed if it is a symlink, or an open file.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    Path(&'a Path),
+    File(&'a File),
+}
+
+impl Entry<'_> {
+    fn chown(self, uid: Uid, gid: Gid) -> nix::Result<()> {
+        match self {
+            Entry::Path(path) => fchownat(
+                AT_FDCWD,
+                path,
+                Some(uid),
+                Some(gid),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ),
+            Entry::File(file) => fchown(file, Some(uid), Some(gid)),
+        }
+    }
+
+    fn chmod(self, mode: Mode) -> io::Result<()> {
+        match self {
+            Entry::Path(path) => chmod_nofollow(path, mode),
+            Entry::File(file) => fchmod(file, mode).map_err(io::Error::from),
+        }
+    }
+
+    fn set_mtime(self, mtime: &TimeSpec) -> nix::Result<()> {
+        match self {
+            Entry::Path(path) => utimensat(
+                AT_FDCWD,
+                path,
+                mtime,
+                mtime,
+                UtimensatFlags::NoFollowSymlink,
+            ),
+            Entry::File(file) => futimens(file, mtime, mtime),
+        }
+    }
+
+    fn xattr_names(self) -> io::Result<Vec<std::ffi::OsString>> {
+        let listed = match self {
+            Entry::Path(path) => return xattr_names(path),
+            Entry::File(file) => file.list_xattr(),
+        };
+        match listed {
+            Ok(names) => Ok(names.collect()),
+            Err(e) if is_unsupported(&e) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_xattr(self, name: &OsStr) -> io::Result<()> {
+        match self {
+            Entry::Path(path) => xattr::remove(path, name),
+            Entry::File(file) => file.remove_xattr(name),
+        }
+    }
+
+    fn set_xattr(self, name: &OsStr, value: &[u8]) -> io::Result<()> {
+        match self {
+            Entry::Path(path) => xattr::set(path, name, value),
+            Entry::File(file) => file.set_xattr(name, value),
+        }
+    }
 }
 
 #[cfg(test)]

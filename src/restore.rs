@@ -631,14 +631,13 @@ fn restore_entry(
             file.set_len(node.size)
                 .map_err(|e| Error::io("cannot set the size of", path, e))?;
         }
-        drop(file);
         let target = Arc::new(FileTarget::new(
             path.to_path_buf(),
             display.to_string(),
             node.clone(),
         ));
         if node.content.is_empty() {
-            restore_packs::finish(&target, planner.verify, report);
+            restore_packs::finish(&target, planner.verify, report, Some(&file));
         } else {
             planner.add(&target)?;
         }

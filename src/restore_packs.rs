@@ -131,7 +131,14 @@ impl FileTarget {
 }
 
 /// Marks one blob occurrence of `t` done; finishes or discards the file after its last.
-fn done(d: &Dest, result: Result<u64>, verify: bool, report: &mut RestoreReport) {
+/// `file` is the file open for writing, if the caller has it.
+fn done(
+    d: &Dest,
+    result: Result<u64>,
+    verify: bool,
+    report: &mut RestoreReport,
+    file: Option<&File>,
+) {
     let t = &*d.target;
     match result {
         Ok(n) => report.bytes += n,
@@ -143,18 +150,19 @@ fn done(d: &Dest, result: Result<u64>, verify: bool, report: &mut RestoreReport)
         }
     }
     if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        finish(t, verify, report);
+        finish(t, verify, report, file);
     }
 }
 
 /// After the file's last blob (or at once for a file without content): size check,
 /// optional re-hash, then metadata (last, so the mtime set is the one that stays); a file
-/// that failed anywhere is removed and named in the report.
-pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport) {
+/// that failed anywhere is removed and named in the report. Through `file`, the file open
+/// for writing, when the caller has it.
+pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport, file: Option<&File>) {
     let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
     let result = match failed {
         Some((_, e)) => Err(Error::Other(e)),
-        None => finish_file(t, verify),
+        None => finish_file(t, verify, file),
     };
     match result {
         Ok(()) => report.verified_files += verify as u64,
@@ -165,10 +173,13 @@ pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport) {
     }
 }
 
-fn finish_file(t: &FileTarget, verify: bool) -> Result<()> {
-    let len = std::fs::symlink_metadata(&t.path)
-        .map_err(|e| Error::io("cannot stat", &t.path, e))?
-        .len();
+fn finish_file(t: &FileTarget, verify: bool, file: Option<&File>) -> Result<()> {
+    let len = match file {
+        Some(file) => file.metadata(),
+        None => std::fs::symlink_metadata(&t.path),
+    }
+    .map_err(|e| Error::io("cannot stat", &t.path, e))?
+    .len();
     if len != t.node.size {
         return Err(Error::corrupt(
             format!("file {}", t.display),
@@ -178,8 +189,11 @@ fn finish_file(t: &FileTarget, verify: bool) -> Result<()> {
     if verify {
         verify_file(&t.path, &t.node)?;
     }
-    fsmeta::apply_metadata(&t.path, &t.node)
-        .map_err(|e| Error::io("cannot set metadata of", &t.path, e))
+    match file {
+        Some(file) => fsmeta::apply_file_metadata(file, &t.node),
+        None => fsmeta::apply_metadata(&t.path, &t.node),
+    }
+    .map_err(|e| Error::io("cannot set metadata of", &t.path, e))
 }
 
 /// A file that could not be restored whole is emptied and removed, so no wrong or missing
@@ -430,7 +444,8 @@ fn write_need(
         if let (Ok(n), Some(p)) = (&written, progress) {
             p.inc(*n);
         }
-        done(&d, written, verify, report);
+        let file = open.as_ref().filter(|(p, _)| std::ptr::eq(*p, t));
+        done(&d, written, verify, report, file.map(|(_, f)| f));
     }
 }
 
