@@ -5,7 +5,7 @@
 //! compress and seal new blobs; the packer fills packs; the uploader stores packs and
 //! writes index files. The snapshot object is written only after all of that is durable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -22,7 +22,7 @@ use crate::ids::{BlobId, PackId, SnapshotId};
 use crate::index::{Index, IndexFile, IndexedPack};
 use crate::inflight::Inflight;
 use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
-use crate::repo::Repository;
+use crate::repo::{Repository, TREES_AT_ONCE};
 use crate::snapshot::{Snapshot, Summary};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::{chunk, fsmeta};
@@ -501,33 +501,32 @@ fn readahead_dir(dir: &Path, parent: Option<&Tree>, files: bool) -> (Vec<PathBuf
     let entries = sorted_entries(dir);
     let count = entries.len();
     let mut subdirs = Vec::new();
-    for (path, kind) in entries {
-        if kind.is_dir() {
+    for (path, meta) in entries {
+        if meta.is_dir() {
             subdirs.push(path);
-        } else if files && kind.is_file() {
-            readahead_file(&path, parent);
+        } else if files {
+            readahead_file(&path, &meta, parent);
         }
     }
     (subdirs, count)
 }
 
-/// The entries of `dir` in name order, with their type from the directory itself (no stat).
-fn sorted_entries(dir: &Path) -> Vec<(PathBuf, std::fs::FileType)> {
+/// The entries of `dir` in name order, each stat'ed. The stat is itself read-ahead: it
+/// loads the inode that the walk stats next, and a no-change backup is mostly those stats
+/// (taking the type from the directory entry instead made it 0.25 s slower at 50k files).
+fn sorted_entries(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut entries: Vec<_> = rd
         .flatten()
-        .filter_map(|e| Some((e.path(), e.file_type().ok()?)))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
         .collect();
     entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
     entries
 }
 
-fn readahead_file(path: &Path, parent: Option<&Tree>) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
+fn readahead_file(path: &Path, meta: &std::fs::Metadata, parent: Option<&Tree>) {
     if !meta.is_file() || meta.len() == 0 || meta.len() > READAHEAD_FILE_MAX {
         return;
     }
@@ -562,6 +561,8 @@ struct Frame {
     children: Vec<Node>,
     /// The same directory in the parent snapshot, for the unchanged-file shortcut.
     parent: Option<Arc<Tree>>,
+    /// Subdirectory trees of `parent` loaded ahead, by tree id (see `parent_subtree`).
+    ahead: HashMap<BlobId, Arc<Tree>>,
 }
 
 struct Scanner<'a> {
@@ -680,7 +681,7 @@ impl Scanner<'_> {
                 let parent = if depth == 0 {
                     parent_root.clone().map(Arc::new)
                 } else {
-                    self.parent_subtree(stack.last(), &node.name)
+                    self.parent_subtree(stack.last_mut(), &node.name)
                 };
                 if let Some(ra) = &self.readahead {
                     // Never wait for it: readahead is an optimization only.
@@ -691,6 +692,7 @@ impl Scanner<'_> {
                     node,
                     children: Vec::new(),
                     parent,
+                    ahead: HashMap::new(),
                 });
                 continue;
             }
@@ -735,14 +737,41 @@ impl Scanner<'_> {
         Ok(root_frame.node)
     }
 
-    fn parent_subtree(&self, top: Option<&Frame>, name: &[u8]) -> Option<Arc<Tree>> {
-        let t = top?.parent.as_ref()?;
+    /// The parent snapshot's tree of subdirectory `name` of `top`. It is loaded together
+    /// with the next TREES_AT_ONCE subdirectories' (the walk goes in name order, as the
+    /// tree does): on S3 each is a request, and one at a time made a no-change backup of a
+    /// few hundred directories wait seconds on round trips.
+    fn parent_subtree(&self, top: Option<&mut Frame>, name: &[u8]) -> Option<Arc<Tree>> {
+        let top = top?;
+        let t = top.parent.as_ref()?;
         let i = t
             .nodes
             .binary_search_by(|n| n.name.as_slice().cmp(name))
             .ok()?;
         let sub = t.nodes[i].subtree?;
-        load_parent_tree(self.repo, self.index, &sub).map(Arc::new)
+        if let Some(tree) = top.ahead.remove(&sub) {
+            return Some(tree);
+        }
+        let group: Vec<BlobId> = t.nodes[i..]
+            .iter()
+            .filter_map(|n| n.subtree)
+            .take(TREES_AT_ONCE)
+            .collect();
+        top.ahead.clear();
+        for (id, loaded) in group.iter().zip(self.repo.load_trees(self.index, &group)) {
+            match loaded {
+                Ok(tree) => {
+                    top.ahead.insert(*id, Arc::new(tree));
+                }
+                // Only this directory's own tree costs a warning; the others are tried
+                // again when the walk gets to them.
+                Err(e) if *id == sub => {
+                    tracing::warn!("parent snapshot tree unreadable, reading files again: {e}");
+                }
+                Err(_) => {}
+            }
+        }
+        top.ahead.remove(&sub)
     }
 
     fn store_tree(&mut self, nodes: Vec<Node>) -> Result<BlobId> {

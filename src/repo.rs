@@ -199,6 +199,9 @@ fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
         .map_err(|e| Error::Other(format!("cannot start the I/O runtime: {e}")))
 }
 
+/// Subdirectory trees a walk loads together (and holds while their directory is walked).
+pub const TREES_AT_ONCE: usize = 32;
+
 impl Repository {
     /// Creates a new repository; refuses if one already exists there.
     pub fn init(
@@ -652,6 +655,40 @@ impl Repository {
         }
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {id}"))
+    }
+
+    /// Loads trees, as many at once as the backend serves reads; results in order. On S3
+    /// each tree is a request: walks (restore, and a backup's parent snapshot) load the
+    /// subdirectories of a directory TREES_AT_ONCE at a time instead of one by one.
+    pub fn load_trees(&self, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
+        let threads = self.backend().read_concurrency().min(ids.len());
+        if threads <= 1 {
+            return ids.iter().map(|id| self.load_tree(index, id)).collect();
+        }
+        let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    s.spawn(move || {
+                        (k..ids.len())
+                            .step_by(threads)
+                            .map(|i| (i, self.load_tree(index, &ids[i])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                for (i, t) in h.join().unwrap_or_default() {
+                    out[i] = Some(t);
+                }
+            }
+        });
+        ids.iter()
+            .zip(out)
+            .map(|(id, t)| {
+                t.unwrap_or_else(|| Err(Error::Other(format!("loading tree {id} stopped"))))
+            })
+            .collect()
     }
 
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<(SnapshotId, u64)> {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::ids::BlobId;
 use crate::index::Index;
-use crate::repo::Repository;
+use crate::repo::{Repository, TREES_AT_ONCE};
 use crate::restore_packs::{self, FileTarget, Planner, Span, restore_span};
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind, Tree};
@@ -148,8 +148,8 @@ fn walk_tree(
         let descend = visit(path, node)?;
         if let Some(sub) = &node.subtree {
             if ahead.is_empty() {
-                let group = &subtrees[next_sub..subtrees.len().min(next_sub + TREES_AHEAD)];
-                ahead.extend(load_trees(repo, index, group));
+                let group = &subtrees[next_sub..subtrees.len().min(next_sub + TREES_AT_ONCE)];
+                ahead.extend(repo.load_trees(index, group));
             }
             next_sub += 1;
             let loaded = ahead.pop_front();
@@ -160,39 +160,6 @@ fn walk_tree(
         path.truncate(len);
     }
     Ok(())
-}
-
-/// Subdirectory trees loaded together (and held while their directory is walked).
-const TREES_AHEAD: usize = 32;
-
-/// Loads trees, as many at once as the backend serves reads; results in order.
-fn load_trees(repo: &Repository, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
-    let threads = repo.backend().read_concurrency().min(ids.len());
-    if threads <= 1 {
-        return ids.iter().map(|id| repo.load_tree(index, id)).collect();
-    }
-    let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|k| {
-                s.spawn(move || {
-                    (k..ids.len())
-                        .step_by(threads)
-                        .map(|i| (i, repo.load_tree(index, &ids[i])))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (i, t) in h.join().unwrap_or_default() {
-                out[i] = Some(t);
-            }
-        }
-    });
-    ids.iter()
-        .zip(out)
-        .map(|(id, t)| t.unwrap_or_else(|| Err(Error::Other(format!("loading tree {id} stopped")))))
-        .collect()
 }
 
 /// Yields a file's data as runs `(logical offset, bytes)`, fetching and verifying one
