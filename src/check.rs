@@ -54,9 +54,13 @@ pub fn run(
              held is lost"
         ));
     }
+    // Only blobs that nothing but an unindexed pack holds: a copy of a blob an index file
+    // lists elsewhere (a repack killed after writing its new pack, before indexing it) is
+    // readable through that index, and flagging its pack was a false error.
     let recovered_blobs: HashMap<BlobId, PackId> = recovered
         .iter()
         .flat_map(|p| p.blobs.iter().map(move |e| (e.id, p.id)))
+        .filter(|(blob, pack)| index.get(blob).is_some_and(|(at, _)| at == *pack))
         .collect();
     let stored: HashMap<PackId, u64> = repo
         .block_on(repo.backend().list(Kind::Pack))?

@@ -555,6 +555,11 @@ fn repair_rebuilds_a_deleted_index_from_the_packs() {
     for e in std::fs::read_dir(t.repo.join("index")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
+    // Blobs that only unindexed packs hold are an error for check (and repair's job).
+    let out = t.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no readable index file lists it"), "{text}");
     let dry = t.run_json(&["repair", "--dry-run"]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(
