@@ -137,7 +137,7 @@ pub fn run(
         Some((_, snap)) => snap
             .root
             .subtree
-            .and_then(|t| load_parent_tree(repo, index, &t)),
+            .and_then(|t| usable_parent_tree(repo.load_tree(index, &t))),
         None => None,
     };
 
@@ -318,8 +318,8 @@ fn find_parent(
 }
 
 /// A parent tree that cannot be read only costs the incremental shortcut, never the backup.
-fn load_parent_tree(repo: &Repository, index: &Index, id: &BlobId) -> Option<Tree> {
-    match repo.load_tree(index, id) {
+fn usable_parent_tree(loaded: Result<Tree>) -> Option<Tree> {
+    match loaded {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::warn!("parent snapshot tree unreadable, reading files again: {e}");
@@ -757,21 +757,14 @@ impl Scanner<'_> {
             .filter_map(|n| n.subtree)
             .take(TREES_AT_ONCE)
             .collect();
-        top.ahead.clear();
-        for (id, loaded) in group.iter().zip(self.repo.load_trees(self.index, &group)) {
-            match loaded {
-                Ok(tree) => {
-                    top.ahead.insert(*id, Arc::new(tree));
-                }
-                // Only this directory's own tree costs a warning; the others are tried
-                // again when the walk gets to them.
-                Err(e) if *id == sub => {
-                    tracing::warn!("parent snapshot tree unreadable, reading files again: {e}");
-                }
-                Err(_) => {}
-            }
-        }
-        top.ahead.remove(&sub)
+        let mut loaded = group.iter().zip(self.repo.load_trees(self.index, &group));
+        // The first is this directory's own tree; the others that fail are tried again
+        // when the walk gets to them.
+        let (_, own) = loaded.next()?;
+        top.ahead = loaded
+            .filter_map(|(id, t)| Some((*id, Arc::new(t.ok()?))))
+            .collect();
+        usable_parent_tree(own).map(Arc::new)
     }
 
     fn store_tree(&mut self, nodes: Vec<Node>) -> Result<BlobId> {

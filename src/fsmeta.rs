@@ -57,7 +57,12 @@ fn is_unsupported(e: &io::Error) -> bool {
 
 /// Names of the xattrs on `path` itself; a filesystem without xattr support has none.
 fn xattr_names(path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-    match xattr::list(path) {
+    names_listed(xattr::list(path))
+}
+
+/// The names of a listing; an entry on a filesystem without xattr support has none.
+fn names_listed(listed: io::Result<xattr::XAttrs>) -> io::Result<Vec<std::ffi::OsString>> {
+    match listed {
         Ok(names) => Ok(names.collect()),
         Err(e) if is_unsupported(&e) => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -372,14 +377,9 @@ impl Entry<'_> {
     }
 
     fn xattr_names(self) -> io::Result<Vec<std::ffi::OsString>> {
-        let listed = match self {
-            Entry::Path(path) => return xattr_names(path),
-            Entry::File(file) => file.list_xattr(),
-        };
-        match listed {
-            Ok(names) => Ok(names.collect()),
-            Err(e) if is_unsupported(&e) => Ok(Vec::new()),
-            Err(e) => Err(e),
+        match self {
+            Entry::Path(path) => xattr_names(path),
+            Entry::File(file) => names_listed(file.list_xattr()),
         }
     }
 

@@ -162,7 +162,11 @@ pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport, file: Op
     let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
     let result = match failed {
         Some((_, e)) => Err(Error::Other(e)),
-        None => finish_file(t, verify, file),
+        None => match file {
+            Some(file) => finish_file(t, verify, file),
+            // Whoever finishes a file has just written it, so this is not reached today.
+            None => t.open().and_then(|file| finish_file(t, verify, &file)),
+        },
     };
     match result {
         Ok(()) => report.verified_files += verify as u64,
@@ -173,13 +177,12 @@ pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport, file: Op
     }
 }
 
-fn finish_file(t: &FileTarget, verify: bool, file: Option<&File>) -> Result<()> {
-    let len = match file {
-        Some(file) => file.metadata(),
-        None => std::fs::symlink_metadata(&t.path),
-    }
-    .map_err(|e| Error::io("cannot stat", &t.path, e))?
-    .len();
+/// Through `file`, open for writing: no path lookup per call.
+fn finish_file(t: &FileTarget, verify: bool, file: &File) -> Result<()> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", &t.path, e))?
+        .len();
     if len != t.node.size {
         return Err(Error::corrupt(
             format!("file {}", t.display),
@@ -189,11 +192,8 @@ fn finish_file(t: &FileTarget, verify: bool, file: Option<&File>) -> Result<()> 
     if verify {
         verify_file(&t.path, &t.node)?;
     }
-    match file {
-        Some(file) => fsmeta::apply_file_metadata(file, &t.node),
-        None => fsmeta::apply_metadata(&t.path, &t.node),
-    }
-    .map_err(|e| Error::io("cannot set metadata of", &t.path, e))
+    fsmeta::apply_file_metadata(file, &t.node)
+        .map_err(|e| Error::io("cannot set metadata of", &t.path, e))
 }
 
 /// A file that could not be restored whole is emptied and removed, so no wrong or missing
