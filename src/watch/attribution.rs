@@ -241,11 +241,28 @@ impl ProcCache {
         }
     }
 
-    /// Re-reads a process (after exec, or when first seen) and stores it.
+    /// Re-reads a process (after exec, or when first seen) and stores it. A process read
+    /// while it exits (its exe already unreadable, or reaped halfway through the read, so
+    /// no status) may have left its cgroup: what was captured earlier for it (at fork or
+    /// exec) is kept, or else its parent's cgroup is taken. Storing the half-read details
+    /// instead made a container's short-lived `mkdir` look like a host process.
     pub fn refresh(&self, pid: i32) -> Option<Arc<ProcInfo>> {
         let mut info = snapshot(pid)?;
         info.parents = self.parents_of(info.ppid);
-        let info = Arc::new(info);
+        let exiting = read_while_exiting(&info);
+        let info = if exiting {
+            let cached = self
+                .lock()
+                .get(&pid)
+                .map(|e| e.info.clone())
+                .filter(|c| c.start_time == info.start_time || c.start_time == 0);
+            match cached {
+                Some(c) => Arc::new(merge_exiting(&c, &info)),
+                None => self.inherit_cgroup(Arc::new(info)),
+            }
+        } else {
+            Arc::new(info)
+        };
         let mut map = self.lock();
         if map.len() >= MAX_CACHED {
             Self::sweep_locked(&mut map, true);
@@ -254,7 +271,7 @@ impl ProcCache {
             pid,
             Entry {
                 info: info.clone(),
-                exited: None,
+                exited: exiting.then(Instant::now),
             },
         );
         Some(info)
@@ -370,35 +387,23 @@ impl ProcCache {
     }
 
     fn lookup_proc(&self, pid: i32) -> (Arc<ProcInfo>, bool) {
-        let cached = self.lock().get(&pid).map(|e| e.info.clone());
+        let (cached, exited) = match self.lock().get(&pid) {
+            Some(e) => (Some(e.info.clone()), e.exited.is_some()),
+            None => (None, false),
+        };
         match start_time(pid) {
             Some(start) => {
                 if let Some(c) = &cached
                     && c.start_time == start
                     && current_matches(pid, c)
                 {
-                    return (c.clone(), false);
+                    return (c.clone(), exited);
                 }
                 match self.refresh(pid) {
-                    // Exiting (exe already gone, cgroup possibly already left): what was
-                    // captured earlier for this process (at fork or exec) is better.
-                    Some(i) if i.exe.is_none() => {
-                        match cached.filter(|c| c.start_time == i.start_time || c.start_time == 0) {
-                            Some(c) => {
-                                let merged = Arc::new(merge_exiting(&c, &i));
-                                self.lock().insert(
-                                    pid,
-                                    Entry {
-                                        info: merged.clone(),
-                                        exited: Some(Instant::now()),
-                                    },
-                                );
-                                (merged, true)
-                            }
-                            None => (self.inherit_cgroup(i), true),
-                        }
+                    Some(i) => {
+                        let exiting = read_while_exiting(&i);
+                        (i, exiting)
                     }
-                    Some(i) => (i, false),
                     None => self.gone(pid, cached),
                 }
             }
@@ -464,6 +469,12 @@ impl ProcCache {
             map.clear();
         }
     }
+}
+
+/// A read of /proc that lost the race with exit: the exe link goes first, status (uid)
+/// goes when the process is reaped.
+fn read_while_exiting(i: &ProcInfo) -> bool {
+    i.exe.is_none() || i.uid.is_none()
 }
 
 /// Details of an exiting process: its comm as it is now (it may have exec'd since `cached`
@@ -614,6 +625,45 @@ mod tests {
         assert_eq!(m.exe, None);
         assert_eq!(m.container.as_deref(), Some(ID));
         assert_eq!(m.uid, Some(0));
+    }
+
+    /// The exec event of a process that exits at once is read after the exit: the re-read
+    /// finds no exe and must not replace the container captured at fork with "none".
+    #[test]
+    fn a_refresh_while_exiting_keeps_the_container_captured_at_fork() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not yet waited for: a zombie, whose exe link is gone but whose stat remains.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
+            assert!(Instant::now() < deadline, "child {pid} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let cache = ProcCache::new();
+        let forked = ProcInfo {
+            pid,
+            start_time: start_time(pid).unwrap(),
+            comm: Some("sh".into()),
+            exe: Some("/bin/busybox".into()),
+            uid: Some(0),
+            container: Some(ID.into()),
+            ..ProcInfo::default()
+        };
+        cache.lock().insert(
+            pid,
+            Entry {
+                info: Arc::new(forked),
+                exited: None,
+            },
+        );
+        let info = cache.refresh(pid).unwrap();
+        assert_eq!(info.container.as_deref(), Some(ID));
+        assert_eq!(info.comm.as_deref(), Some("true"));
+        assert_eq!(info.exe, None, "the exe captured at fork was the parent's");
+        let (looked_up, gone) = cache.lookup(pid);
+        assert!(gone);
+        assert_eq!(looked_up.container.as_deref(), Some(ID));
+        child.wait().unwrap();
     }
 
     #[test]
