@@ -13,7 +13,7 @@ use crate::backend::{Backend, Kind};
 use crate::crypto::{self, KeyEntry, Keys, Purpose, Secret};
 use crate::error::{Error, Result};
 use crate::ids::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::{Index, IndexFile, IndexedPack};
+use crate::index::{BlobLoc, Index, IndexFile, IndexedPack};
 use crate::pack::{self, BlobKind, MAX_BLOB_BYTES};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -586,10 +586,6 @@ impl Repository {
     /// to each other in the same pack (a file's chunks usually do): on S3 each read is a
     /// request, and one per chunk makes restores wait on round trips.
     pub fn read_blobs(&self, index: &Index, ids: &[BlobId]) -> Result<Vec<Vec<u8>>> {
-        /// Bytes between two blobs still fetched in one read rather than split in two.
-        const MAX_GAP: u64 = 256 * 1024;
-        /// Largest single read.
-        const MAX_SPAN: u64 = 32 * 1024 * 1024;
         let locs = ids
             .iter()
             .map(|id| {
@@ -599,90 +595,117 @@ impl Repository {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(ids.len());
-        let mut i = 0;
-        while i < locs.len() {
-            let (pack_id, first) = locs[i];
-            let start = u64::from(first.offset);
-            let mut end = start + u64::from(first.length);
-            let mut j = i + 1;
-            while let Some((p, l)) = locs.get(j) {
-                let (o, e) = (
-                    u64::from(l.offset),
-                    u64::from(l.offset) + u64::from(l.length),
-                );
-                if *p != pack_id || o < end || o - end > MAX_GAP || e - start > MAX_SPAN {
-                    break;
-                }
-                end = e;
-                j += 1;
-            }
-            let blobs = self.fetch_verified(
-                Kind::Pack,
-                &pack_id.to_hex(),
-                Some((start, end - start)),
-                |span| {
-                    ids[i..j]
-                        .iter()
-                        .zip(&locs[i..j])
-                        .map(|(id, (_, loc))| {
-                            let at = (u64::from(loc.offset) - start) as usize;
-                            let sealed =
-                                span.get(at..at + loc.length as usize).ok_or_else(|| {
-                                    Error::corrupt(
-                                        format!("packs/{pack_id}"),
-                                        "shorter than the index says",
-                                    )
-                                })?;
-                            pack::open_blob(&self.keys, sealed, id, loc.raw_length)
-                        })
-                        .collect::<Result<Vec<_>>>()
-                },
-            )?;
-            out.extend(blobs);
-            i = j;
+        for run in neighbour_runs(&locs) {
+            out.extend(self.read_run(&ids[run.clone()], &locs[run])?);
         }
         Ok(out)
     }
 
+    /// Reads blobs that `neighbour_runs` put together, with one ranged read.
+    fn read_run(&self, ids: &[BlobId], locs: &[(PackId, BlobLoc)]) -> Result<Vec<Vec<u8>>> {
+        let (Some((pack_id, first)), Some((_, last))) = (locs.first(), locs.last()) else {
+            return Ok(Vec::new());
+        };
+        let start = u64::from(first.offset);
+        let end = u64::from(last.offset) + u64::from(last.length);
+        self.fetch_verified(
+            Kind::Pack,
+            &pack_id.to_hex(),
+            Some((start, end - start)),
+            |span| {
+                ids.iter()
+                    .zip(locs)
+                    .map(|(id, (_, loc))| {
+                        let at = (u64::from(loc.offset) - start) as usize;
+                        let sealed = span.get(at..at + loc.length as usize).ok_or_else(|| {
+                            Error::corrupt(
+                                format!("packs/{pack_id}"),
+                                "shorter than the index says",
+                            )
+                        })?;
+                        pack::open_blob(&self.keys, sealed, id, loc.raw_length)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            },
+        )
+    }
+
     pub fn load_tree(&self, index: &Index, id: &BlobId) -> Result<Tree> {
-        if let Some((_, loc)) = index.get(id)
-            && loc.kind != BlobKind::Tree
-        {
-            return Err(Error::corrupt(
-                format!("tree {id}"),
-                "the index lists it as file data",
-            ));
-        }
+        check_is_tree(index, id)?;
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {id}"))
     }
 
-    /// Loads trees, as many at once as the backend serves reads; results in order. On S3
-    /// each tree is a request: walks (restore, and a backup's parent snapshot) load the
-    /// subdirectories of a directory TREES_AT_ONCE at a time instead of one by one.
+    /// Loads trees; results in order. On S3 each read is a request: walks (restore, and a
+    /// backup's parent snapshot) load the subdirectories of a directory together. Trees
+    /// written one after the other (siblings usually are) are read with one ranged read,
+    /// and the reads run as many at once as the backend serves. A read that fails is
+    /// retried tree by tree, so a damaged tree fails only itself.
     pub fn load_trees(&self, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
-        let threads = self.backend().read_concurrency().min(ids.len());
-        if threads <= 1 {
-            return ids.iter().map(|id| self.load_tree(index, id)).collect();
-        }
-        let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|k| {
-                    s.spawn(move || {
-                        (k..ids.len())
-                            .step_by(threads)
-                            .map(|i| (i, self.load_tree(index, &ids[i])))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                for (i, t) in h.join().unwrap_or_default() {
-                    out[i] = Some(t);
-                }
+        // Trees the index lists as trees, in pack order, so that neighbours form runs; any
+        // other id is a run of its own, for `load_tree`'s error.
+        let mut known: Vec<(usize, (PackId, BlobLoc))> = Vec::new();
+        let mut runs: Vec<Vec<usize>> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match index.get(id) {
+                Some(loc) if loc.1.kind == BlobKind::Tree => known.push((i, loc)),
+                _ => runs.push(vec![i]),
             }
-        });
+        }
+        known.sort_by_key(|&(_, (pack, loc))| (pack, loc.offset));
+        let locs: Vec<(PackId, BlobLoc)> = known.iter().map(|&(_, l)| l).collect();
+        for r in neighbour_runs(&locs) {
+            runs.push(known[r].iter().map(|&(i, _)| i).collect());
+        }
+        let load_run = |run: &Vec<usize>| -> Vec<(usize, Result<Tree>)> {
+            let run_ids: Vec<BlobId> = run.iter().map(|&i| ids[i]).collect();
+            let read = match run_ids
+                .iter()
+                .map(|id| index.get(id))
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(locs) if run.len() > 1 => self.read_run(&run_ids, &locs).ok(),
+                _ => None,
+            };
+            match read {
+                Some(blobs) => run
+                    .iter()
+                    .zip(blobs)
+                    .map(|(&i, b)| (i, Tree::decode(&b, &format!("tree {}", ids[i]))))
+                    .collect(),
+                None => run
+                    .iter()
+                    .map(|&i| (i, self.load_tree(index, &ids[i])))
+                    .collect(),
+            }
+        };
+        let threads = self.backend().read_concurrency().min(runs.len());
+        let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
+        if threads <= 1 {
+            for (i, t) in runs.iter().flat_map(load_run) {
+                out[i] = Some(t);
+            }
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|k| {
+                        let (runs, load_run) = (&runs, &load_run);
+                        s.spawn(move || {
+                            runs.iter()
+                                .skip(k)
+                                .step_by(threads)
+                                .flat_map(load_run)
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    for (i, t) in h.join().unwrap_or_default() {
+                        out[i] = Some(t);
+                    }
+                }
+            });
+        }
         ids.iter()
             .zip(out)
             .map(|(id, t)| {
@@ -776,5 +799,47 @@ impl Repository {
 
     pub fn now() -> String {
         now_rfc3339()
+    }
+}
+
+/// Splits blob locations (in the order they will be read) into runs that one ranged read
+/// serves: the same pack, ascending, gaps of at most MAX_GAP and at most MAX_SPAN in all.
+fn neighbour_runs(locs: &[(PackId, BlobLoc)]) -> Vec<std::ops::Range<usize>> {
+    /// Bytes between two blobs still fetched in one read rather than split in two.
+    const MAX_GAP: u64 = 256 * 1024;
+    /// Largest single read.
+    const MAX_SPAN: u64 = 32 * 1024 * 1024;
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < locs.len() {
+        let (pack_id, first) = locs[i];
+        let start = u64::from(first.offset);
+        let mut end = start + u64::from(first.length);
+        let mut j = i + 1;
+        while let Some((p, l)) = locs.get(j) {
+            let (o, e) = (
+                u64::from(l.offset),
+                u64::from(l.offset) + u64::from(l.length),
+            );
+            if *p != pack_id || o < end || o - end > MAX_GAP || e - start > MAX_SPAN {
+                break;
+            }
+            end = e;
+            j += 1;
+        }
+        runs.push(i..j);
+        i = j;
+    }
+    runs
+}
+
+/// A tree id the index lists as file data is refused before anything is read.
+fn check_is_tree(index: &Index, id: &BlobId) -> Result<()> {
+    match index.get(id) {
+        Some((_, loc)) if loc.kind != BlobKind::Tree => Err(Error::corrupt(
+            format!("tree {id}"),
+            "the index lists it as file data",
+        )),
+        _ => Ok(()),
     }
 }

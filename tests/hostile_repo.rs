@@ -833,3 +833,61 @@ fn crafted_devices_setuid_and_absurd_sizes_are_contained() {
     std::fs::remove_dir_all(&outside).ok();
     eprintln!("crafted devices, setuid, sizes, claims, depth: {cases} cases, contained");
 }
+
+/// A directory's subtrees are loaded together, and siblings that sit next to each other in
+/// a pack with one ranged read. One damaged tree among them must fail alone: its siblings
+/// still load, each in the place it was asked for.
+#[test]
+fn a_damaged_tree_fails_alone_among_siblings_read_together() {
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    let src = repo.path().join("src");
+    for d in ["a", "b", "c", "d"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        std::fs::write(src.join(d).join("f"), format!("content of {d}")).unwrap();
+    }
+    let snap_id = backup(&repo, &src, "siblings");
+    let r = open_repo(&repo);
+    let (index, _) = r.load_index().unwrap();
+    let snap = r.find_snapshot("siblings", &snap_id).unwrap().1;
+    let root = r.load_tree(&index, &snap.root.subtree.unwrap()).unwrap();
+    let subs: Vec<BlobId> = root.nodes.iter().map(|n| n.subtree.unwrap()).collect();
+    assert_eq!(subs.len(), 4);
+    let one_by_one: Vec<Tree> = subs
+        .iter()
+        .map(|id| r.load_tree(&index, id).unwrap())
+        .collect();
+    let packs: std::collections::HashSet<_> =
+        subs.iter().map(|id| index.get(id).unwrap().0).collect();
+    assert_eq!(packs.len(), 1, "the sibling trees should share a pack");
+
+    // Asked out of order: each result is the tree asked for in that place.
+    let order = [3, 1, 0, 2];
+    let asked: Vec<BlobId> = order.iter().map(|&k| subs[k]).collect();
+    for (got, &k) in r.load_trees(&index, &asked).into_iter().zip(&order) {
+        assert_eq!(got.unwrap(), one_by_one[k]);
+    }
+
+    // Damage b's tree in the pack file.
+    let (pack, loc) = index.get(&subs[1]).unwrap();
+    let pack_file = walkdir::WalkDir::new(repo.repo.join("packs"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .find(|p| p.file_name().is_some_and(|n| n == pack.to_hex().as_str()))
+        .expect("the pack file");
+    let mut bytes = std::fs::read(&pack_file).unwrap();
+    bytes[(loc.offset + loc.length / 2) as usize] ^= 0x40;
+    std::fs::write(&pack_file, &bytes).unwrap();
+    drop(r);
+
+    let r = open_repo(&repo);
+    let got = r.load_trees(&index, &subs);
+    for (k, t) in got.iter().enumerate() {
+        if k == 1 {
+            let e = t.as_ref().expect_err("the damaged tree must not load");
+            assert!(e.to_string().contains(&subs[1].to_string()), "{e}");
+        } else {
+            assert_eq!(t.as_ref().unwrap(), &one_by_one[k], "sibling {k}");
+        }
+    }
+}
