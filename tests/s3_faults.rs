@@ -47,6 +47,10 @@ const REGION: &str = "garage";
 
 impl PrivateGarage {
     fn start(dir: &Path) -> PrivateGarage {
+        // Tests run in parallel: one node at a time picks its free ports and binds them,
+        // so two nodes never pick the same one.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(dir).unwrap();
         let s3_port = free_port();
         let config = format!(
@@ -89,15 +93,19 @@ impl PrivateGarage {
 
     /// Runs the `garage` CLI against this node; panics with its output on failure.
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(garage_bin())
+        let out = self.cli_output(args);
+        assert!(out.status.success(), "garage {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(garage_bin())
             .arg("-c")
             .arg(self.dir.join("garage.toml"))
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .unwrap();
-        assert!(out.status.success(), "garage {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .unwrap()
     }
 
     /// Starts the server process and waits until its S3 port accepts connections and
@@ -118,9 +126,27 @@ impl PrivateGarage {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        // The port alone is not enough: another process may hold it, and the node writes
+        // its key some time after it starts (CI once saw `node id` fail with "Unable to
+        // read node key" right after the port answered).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_err() {
-            assert!(Instant::now() < deadline, "garage did not start");
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let ready = exited.is_none()
+                && std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok()
+                && self.cli_output(&["node", "id", "-q"]).status.success();
+            if ready {
+                return;
+            }
+            if exited.is_some() || Instant::now() >= deadline {
+                panic!(
+                    "garage did not start (exit: {exited:?}); its log:\n{}",
+                    std::fs::read_to_string(self.dir.join("garage.log")).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
