@@ -472,9 +472,11 @@ impl ProcCache {
 }
 
 /// A read of /proc that lost the race with exit: the exe link goes first, status (uid)
-/// goes when the process is reaped.
+/// goes when the process is reaped. Kernel threads (kthreadd, pid 2, and its children)
+/// never have an exe.
 fn read_while_exiting(i: &ProcInfo) -> bool {
-    i.exe.is_none() || i.uid.is_none()
+    let kernel_thread = i.pid == 2 || i.ppid == Some(2);
+    (i.exe.is_none() && !kernel_thread) || i.uid.is_none()
 }
 
 /// Details of an exiting process: its comm as it is now (it may have exec'd since `cached`
@@ -664,6 +666,16 @@ mod tests {
         assert!(gone);
         assert_eq!(looked_up.container.as_deref(), Some(ID));
         child.wait().unwrap();
+    }
+
+    /// Kernel threads have no exe but are alive: they are not taken for exiting.
+    #[test]
+    fn a_kernel_thread_is_not_taken_for_an_exiting_process() {
+        let cache = ProcCache::new();
+        let kthreadd = cache.refresh(2).expect("kthreadd");
+        assert_eq!(kthreadd.exe, None);
+        let (_, gone) = cache.lookup(2);
+        assert!(!gone, "kthreadd is alive");
     }
 
     #[test]
