@@ -642,70 +642,57 @@ impl Repository {
     /// and the reads run as many at once as the backend serves. A read that fails is
     /// retried tree by tree, so a damaged tree fails only itself.
     pub fn load_trees(&self, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
+        let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
         // Trees the index lists as trees, in pack order, so that neighbours form runs; any
-        // other id is a run of its own, for `load_tree`'s error.
+        // other id gets `load_tree`'s error at once.
         let mut known: Vec<(usize, (PackId, BlobLoc))> = Vec::new();
-        let mut runs: Vec<Vec<usize>> = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             match index.get(id) {
                 Some(loc) if loc.1.kind == BlobKind::Tree => known.push((i, loc)),
-                _ => runs.push(vec![i]),
+                _ => out[i] = Some(self.load_tree(index, id)),
             }
         }
         known.sort_by_key(|&(_, (pack, loc))| (pack, loc.offset));
         let locs: Vec<(PackId, BlobLoc)> = known.iter().map(|&(_, l)| l).collect();
-        for r in neighbour_runs(&locs) {
-            runs.push(known[r].iter().map(|&(i, _)| i).collect());
-        }
-        let load_run = |run: &Vec<usize>| -> Vec<(usize, Result<Tree>)> {
-            let run_ids: Vec<BlobId> = run.iter().map(|&i| ids[i]).collect();
-            let read = match run_ids
-                .iter()
-                .map(|id| index.get(id))
-                .collect::<Option<Vec<_>>>()
-            {
-                Some(locs) if run.len() > 1 => self.read_run(&run_ids, &locs).ok(),
-                _ => None,
-            };
+        let runs = neighbour_runs(&locs);
+        let load_run = |run: &std::ops::Range<usize>| -> Vec<(usize, Result<Tree>)> {
+            let at = &known[run.clone()];
+            let run_ids: Vec<BlobId> = at.iter().map(|&(i, _)| ids[i]).collect();
+            let read = (run.len() > 1)
+                .then(|| self.read_run(&run_ids, &locs[run.clone()]).ok())
+                .flatten();
             match read {
-                Some(blobs) => run
+                Some(blobs) => at
                     .iter()
                     .zip(blobs)
-                    .map(|(&i, b)| (i, Tree::decode(&b, &format!("tree {}", ids[i]))))
+                    .map(|(&(i, _), b)| (i, Tree::decode(&b, &format!("tree {}", ids[i]))))
                     .collect(),
-                None => run
+                None => at
                     .iter()
-                    .map(|&i| (i, self.load_tree(index, &ids[i])))
+                    .map(|&(i, _)| (i, self.load_tree(index, &ids[i])))
                     .collect(),
             }
         };
-        let threads = self.backend().read_concurrency().min(runs.len());
-        let mut out: Vec<Option<Result<Tree>>> = ids.iter().map(|_| None).collect();
-        if threads <= 1 {
-            for (i, t) in runs.iter().flat_map(load_run) {
-                out[i] = Some(t);
-            }
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|k| {
-                        let (runs, load_run) = (&runs, &load_run);
-                        s.spawn(move || {
-                            runs.iter()
-                                .skip(k)
-                                .step_by(threads)
-                                .flat_map(load_run)
-                                .collect::<Vec<_>>()
-                        })
+        let threads = self.backend().read_concurrency().min(runs.len()).max(1);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    let (runs, load_run) = (&runs, &load_run);
+                    s.spawn(move || {
+                        runs.iter()
+                            .skip(k)
+                            .step_by(threads)
+                            .flat_map(load_run)
+                            .collect::<Vec<_>>()
                     })
-                    .collect();
-                for h in handles {
-                    for (i, t) in h.join().unwrap_or_default() {
-                        out[i] = Some(t);
-                    }
+                })
+                .collect();
+            for h in handles {
+                for (i, t) in h.join().unwrap_or_default() {
+                    out[i] = Some(t);
                 }
-            });
-        }
+            }
+        });
         ids.iter()
             .zip(out)
             .map(|(id, t)| {
