@@ -98,27 +98,41 @@ pub fn open_blob(keys: &Keys, sealed: &[u8], id: &BlobId, raw_length: u32) -> Re
     Ok(raw)
 }
 
+/// Where `open_blob_in_place` left a blob's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Stored raw: this range of `sealed`.
+    InPlace(std::ops::Range<usize>),
+    /// Stored compressed: decompressed to this range at the end of `out`.
+    Out(std::ops::Range<usize>),
+}
+
 /// `open_blob` where the sealed bytes lie (a restore's fetched span; they are
-/// overwritten): a blob stored raw comes back as a part of `sealed`, a compressed one is
-/// decompressed into `out`, a buffer the caller reuses.
-pub fn open_blob_in_place<'a>(
+/// overwritten): a blob stored raw stays in `sealed`, decrypted, a compressed one is
+/// decompressed onto the end of `out`. Says where.
+pub fn open_blob_in_place(
     keys: &Keys,
-    sealed: &'a mut [u8],
+    sealed: &mut [u8],
     id: &BlobId,
     raw_length: u32,
-    out: &'a mut Vec<u8>,
-) -> Result<&'a [u8]> {
+    out: &mut Vec<u8>,
+) -> Result<Opened> {
     let what = format!("blob {}", id.to_hex());
     let body = keys.open_in_place(Purpose::Blob, sealed, &what)?;
-    let raw: &[u8] = match decode_flag(body, &what)? {
-        FLAG_RAW => &body[1..],
-        _ => {
-            decompress_into(&body[1..], raw_length, out, &what)?;
-            out
+    let opened = match decode_flag(body, &what)? {
+        FLAG_RAW => {
+            // The body starts after the seal header, and the raw bytes after its flag.
+            let start = crate::crypto::SEAL_HEADER + 1;
+            Opened::InPlace(start..start + body.len() - 1)
         }
+        _ => Opened::Out(decompress_append(&body[1..], raw_length, out, &what)?),
+    };
+    let raw = match &opened {
+        Opened::InPlace(r) => &sealed[r.clone()],
+        Opened::Out(r) => &out[r.clone()],
     };
     check_raw(keys, raw, id, raw_length, &what)?;
-    Ok(raw)
+    Ok(opened)
 }
 
 /// The flag byte in front of a blob's body: FLAG_RAW or FLAG_ZSTD.
@@ -130,11 +144,23 @@ fn decode_flag(body: &[u8], what: &str) -> Result<u8> {
     }
 }
 
-/// Decompresses into `out` (emptied first). The output stops at `out`'s capacity, which is
-/// the declared size or what earlier (legitimate) blobs needed, so a decompression bomb
-/// stops there; a wrong size is then refused by `check_raw`. Reserving does not touch the
-/// memory, so a hostile declared size costs address space, not resident memory.
+/// Decompresses into `out` (emptied first).
 fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &str) -> Result<()> {
+    out.clear();
+    decompress_append(payload, raw_length, out, what).map(|_| ())
+}
+
+/// Decompresses onto the end of `out`; returns where the blob landed. The output stops at
+/// `out`'s capacity, which is the declared size or what earlier (legitimate) blobs needed,
+/// so a decompression bomb stops there; a wrong size is then refused by `check_raw`.
+/// Reserving does not touch the memory, so a hostile declared size costs address space,
+/// not resident memory.
+fn decompress_append(
+    payload: &[u8],
+    raw_length: u32,
+    out: &mut Vec<u8>,
+    what: &str,
+) -> Result<std::ops::Range<usize>> {
     if raw_length > MAX_BLOB_BYTES {
         return Err(Error::corrupt(what, "declared size is absurd"));
     }
@@ -144,7 +170,7 @@ fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &st
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
     }
-    out.clear();
+    let start = out.len();
     out.reserve(raw_length as usize);
     DCTX.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -155,10 +181,12 @@ fn decompress_into(payload: &[u8], raw_length: u32, out: &mut Vec<u8>, what: &st
                     .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?,
             ),
         };
-        // Writes into the spare capacity and sets the length.
-        dctx.decompress_to_buffer(payload, out)
+        // Writes into the spare capacity from `start` and sets the length.
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position(start as u64);
+        dctx.decompress_to_buffer(payload, &mut tail)
             .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?;
-        Ok(())
+        Ok(start..out.len())
     })
 }
 

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::unbounded;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ use crate::fsmeta;
 use crate::ids::BlobId;
 use crate::index::Index;
 use crate::repo::{Repository, TREES_AT_ONCE};
-use crate::restore_packs::{self, FileTarget, Planner, Span, restore_span};
+use crate::restore_packs::{self, FileTarget, Planner, Span, SpanWriter, restore_span};
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind, Tree};
 
@@ -93,12 +93,143 @@ pub fn walk(
     root: &Node,
     visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
 ) -> Result<Vec<(Vec<u8>, Error)>> {
+    walk_with(repo, index, root, visit, &mut TreeCache::default())
+}
+
+/// `walk`, with trees kept in or taken from `cache`.
+fn walk_with(
+    repo: &Repository,
+    index: &Index,
+    root: &Node,
+    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+    cache: &mut TreeCache,
+) -> Result<Vec<(Vec<u8>, Error)>> {
     let mut problems = Vec::new();
     let mut path = Vec::new();
     if let Some(t) = root.subtree {
-        walk_tree(repo, index, &t, None, &mut path, visit, &mut problems)?;
+        let mut w = Walk {
+            repo,
+            index,
+            visit,
+            problems: &mut problems,
+            cache,
+        };
+        w.tree(&t, None, &mut path)?;
     }
     Ok(problems)
+}
+
+/// Trees loaded before the walk needs them. On S3 each load is a round trip, so:
+/// - a restore walks the snapshot twice, and the first walk keeps the trees it visited for
+///   the second, up to a budget;
+/// - whenever the walk loads trees, the trees of their subdirectories are loaded with them
+///   (the walk asks for those next), up to a budget: a walk of 20 directories of 15
+///   subdirectories each made 21 round trips one after the other, now 2.
+#[derive(Default)]
+struct TreeCache {
+    /// Whether the walk keeps the trees it has visited (the first) or takes them (the next).
+    keep: bool,
+    kept: HashMap<BlobId, Tree>,
+    /// Sizes of the trees kept so far (plaintext, from the index).
+    kept_bytes: u64,
+    /// Trees loaded ahead of the walk, with their sizes.
+    ahead: HashMap<BlobId, (Tree, u64)>,
+    ahead_bytes: u64,
+}
+
+/// Tree bytes (plaintext, before decoding) a `TreeCache` keeps for the next walk, at most.
+const KEPT_TREE_BYTES: u64 = 16 * 1024 * 1024;
+/// Tree bytes loaded ahead of the walk, at most.
+const AHEAD_TREE_BYTES: u64 = 4 * 1024 * 1024;
+
+impl TreeCache {
+    fn keeping() -> Self {
+        TreeCache {
+            keep: true,
+            ..Default::default()
+        }
+    }
+
+    fn size(index: &Index, id: &BlobId) -> u64 {
+        index
+            .get(id)
+            .map_or(0, |(_, loc)| u64::from(loc.raw_length))
+    }
+
+    /// Called with each tree the walk has finished.
+    fn put(&mut self, index: &Index, id: &BlobId, tree: Tree) {
+        let size = Self::size(index, id);
+        if self.keep && self.kept_bytes + size <= KEPT_TREE_BYTES {
+            self.kept_bytes += size;
+            self.kept.insert(*id, tree);
+        }
+    }
+
+    fn take(&mut self, id: &BlobId) -> Option<Tree> {
+        if let Some((tree, size)) = self.ahead.remove(id) {
+            self.ahead_bytes -= size;
+            return Some(tree);
+        }
+        self.kept.remove(id)
+    }
+
+    /// The trees of `ids`, in order: those at hand, and the others loaded together.
+    fn load(&mut self, repo: &Repository, index: &Index, ids: &[BlobId]) -> Vec<Result<Tree>> {
+        let mut got: Vec<Option<Result<Tree>>> =
+            ids.iter().map(|id| self.take(id).map(Ok)).collect();
+        let missing: Vec<BlobId> = ids
+            .iter()
+            .zip(&got)
+            .filter(|(_, t)| t.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !missing.is_empty() {
+            let mut loaded = repo.load_trees(index, &missing).into_iter();
+            for slot in got.iter_mut().filter(|t| t.is_none()) {
+                *slot = loaded.next();
+            }
+        }
+        let got: Vec<Result<Tree>> = got
+            .into_iter()
+            .map(|t| t.expect("load_trees returns one result per id"))
+            .collect();
+        self.load_ahead(repo, index, &got);
+        got
+    }
+
+    /// Loads the subdirectories' trees of `trees` that are not at hand, within the budget.
+    /// One that fails is left out: the walk loads it again when it gets there, and reports.
+    fn load_ahead(&mut self, repo: &Repository, index: &Index, trees: &[Result<Tree>]) {
+        let mut next: Vec<BlobId> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = self.ahead_bytes;
+        let subtrees = trees
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.nodes)
+            .filter_map(|n| n.subtree);
+        for id in subtrees {
+            let size = Self::size(index, &id);
+            if bytes + size > AHEAD_TREE_BYTES {
+                break;
+            }
+            if !self.ahead.contains_key(&id) && !self.kept.contains_key(&id) && seen.insert(id) {
+                bytes += size;
+                next.push(id);
+            }
+        }
+        if next.is_empty() {
+            return;
+        }
+        let loaded = repo.load_trees(index, &next);
+        for (id, tree) in next.into_iter().zip(loaded) {
+            if let Ok(tree) = tree {
+                let size = Self::size(index, &id);
+                self.ahead_bytes += size;
+                self.ahead.insert(id, (tree, size));
+            }
+        }
+    }
 }
 
 /// Deepest directory nesting a walk follows. A backup reads paths whole, so PATH_MAX
@@ -106,60 +237,77 @@ pub fn walk(
 /// deeper chain of trees can only be crafted, and following it would exhaust the stack.
 pub const MAX_TREE_DEPTH: usize = 4096;
 
-fn walk_tree(
-    repo: &Repository,
-    index: &Index,
-    tree: &BlobId,
-    loaded: Option<Result<Tree>>,
-    path: &mut Vec<u8>,
-    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
-    problems: &mut Vec<(Vec<u8>, Error)>,
-) -> Result<()> {
-    let depth = path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty());
-    if depth >= MAX_TREE_DEPTH {
-        problems.push((
-            path.clone(),
-            Error::corrupt(
-                format!("tree {tree}"),
-                format!("nested deeper than {MAX_TREE_DEPTH} directories, which no backup writes"),
-            ),
-        ));
-        return Ok(());
-    }
-    let t = match loaded.unwrap_or_else(|| repo.load_tree(index, tree)) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push((path.clone(), e));
+/// One walk's state.
+struct Walk<'a, 'v> {
+    repo: &'a Repository,
+    index: &'a Index,
+    visit: &'v mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+    problems: &'a mut Vec<(Vec<u8>, Error)>,
+    cache: &'a mut TreeCache,
+}
+
+impl Walk<'_, '_> {
+    fn tree(
+        &mut self,
+        tree: &BlobId,
+        loaded: Option<Result<Tree>>,
+        path: &mut Vec<u8>,
+    ) -> Result<()> {
+        let depth = path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty());
+        if depth >= MAX_TREE_DEPTH {
+            self.problems.push((
+                path.clone(),
+                Error::corrupt(
+                    format!("tree {tree}"),
+                    format!(
+                        "nested deeper than {MAX_TREE_DEPTH} directories, which no backup writes"
+                    ),
+                ),
+            ));
             return Ok(());
         }
-    };
-    // The subdirectories' trees are loaded a group at a time, together: on S3 each is a
-    // request, and loading them one by one made the walk of a few hundred directories
-    // wait seconds on round trips while the restore workers had nothing to do.
-    let subtrees: Vec<BlobId> = t.nodes.iter().filter_map(|n| n.subtree).collect();
-    let mut next_sub = 0;
-    let mut ahead: std::collections::VecDeque<Result<Tree>> = Default::default();
-    for node in &t.nodes {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(&node.name);
-        let descend = visit(path, node)?;
-        if let Some(sub) = &node.subtree {
-            if ahead.is_empty() {
-                let group = &subtrees[next_sub..subtrees.len().min(next_sub + TREES_AT_ONCE)];
-                ahead.extend(repo.load_trees(index, group));
+        let loaded = loaded.unwrap_or_else(|| {
+            let mut one = self
+                .cache
+                .load(self.repo, self.index, std::slice::from_ref(tree));
+            one.pop().expect("one result for one tree")
+        });
+        let t = match loaded {
+            Ok(t) => t,
+            Err(e) => {
+                self.problems.push((path.clone(), e));
+                return Ok(());
             }
-            next_sub += 1;
-            let loaded = ahead.pop_front();
-            if descend {
-                walk_tree(repo, index, sub, loaded, path, visit, problems)?;
+        };
+        // The subdirectories' trees are loaded a group at a time, together: on S3 each is a
+        // request, and loading them one by one made the walk of a few hundred directories
+        // wait seconds on round trips while the restore workers had nothing to do.
+        let subtrees: Vec<BlobId> = t.nodes.iter().filter_map(|n| n.subtree).collect();
+        let mut next_sub = 0;
+        let mut ahead: std::collections::VecDeque<Result<Tree>> = Default::default();
+        for node in &t.nodes {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push(b'/');
             }
+            path.extend_from_slice(&node.name);
+            let descend = (self.visit)(path, node)?;
+            if let Some(sub) = &node.subtree {
+                if ahead.is_empty() {
+                    let group = &subtrees[next_sub..subtrees.len().min(next_sub + TREES_AT_ONCE)];
+                    ahead.extend(self.cache.load(self.repo, self.index, group));
+                }
+                next_sub += 1;
+                let loaded = ahead.pop_front();
+                if descend {
+                    self.tree(sub, loaded, path)?;
+                }
+            }
+            path.truncate(len);
         }
-        path.truncate(len);
+        self.cache.put(self.index, tree, t);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Yields a file's data as runs `(logical offset, bytes)`, fetching and verifying one
@@ -344,6 +492,49 @@ struct PendingDir {
     selected: bool,
 }
 
+/// Files at least this large are restored by a first pass over the snapshot, before
+/// everything else. Creating a file is the walk's work and restoring its data the workers':
+/// with many small files first in name order, the workers would wait for the walk to create
+/// them while the large files' data, most of the work, waited behind them.
+const LARGE_FILE_BYTES: u64 = 1024 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Large files only, and the directories they are in.
+    Large,
+    /// Everything the first pass did not restore.
+    Rest,
+}
+
+/// Taken by the first pass: a regular file of `LARGE_FILE_BYTES` or more that is not a
+/// hard link (all the names of a hard-linked file are restored in the same pass).
+fn is_large(node: &Node) -> bool {
+    node.kind == NodeKind::File && node.hardlink.is_none() && node.size >= LARGE_FILE_BYTES
+}
+
+/// What the first pass did, for the second.
+#[derive(Default)]
+struct FirstPass {
+    done: bool,
+    /// Directories it created; the second pass must not create them again.
+    dirs: std::collections::HashSet<PathBuf>,
+    /// Paths it could not reach (a tree it could not read, a directory it could not make):
+    /// the second pass takes the large files below them too.
+    missed: Vec<Vec<u8>>,
+}
+
+impl FirstPass {
+    /// Whether the first pass took this entry (restored it, or reported why not).
+    fn restored(&self, rel: &[u8], node: &Node) -> bool {
+        self.done
+            && is_large(node)
+            && !self.missed.iter().any(|m| {
+                m.is_empty()
+                    || (rel.starts_with(m) && matches!(rel.get(m.len()), None | Some(b'/')))
+            })
+    }
+}
+
 /// Restores `snap` into `target`, which must not exist or be an empty directory.
 pub fn to_dir(
     repo: &Repository,
@@ -363,8 +554,10 @@ pub fn to_dir(
         .map(|n| n.get())
         .unwrap_or(2)
         .max(repo.backend().read_concurrency());
-    // Spans queued for the workers: each holds its window's plan alive, so few.
-    let (tx, rx) = bounded::<Span>(2 * workers);
+    // Spans queued for the workers; the planner bounds them by windows in flight. Should
+    // every worker stop, the channel drops what is queued, which frees the windows, and the
+    // planner's next send fails: the walk never waits forever.
+    let (tx, rx) = unbounded::<Span>();
     let mut dir_meta: Vec<(PathBuf, Node)> = Vec::new();
     let (walk_result, worker_reports) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -373,16 +566,9 @@ pub fn to_dir(
                 s.spawn(move || {
                     let mut r = RestoreReport::default();
                     let mut buf = Vec::new();
+                    let mut writer = SpanWriter::new(opts.verify, opts.progress.as_ref());
                     for span in rx {
-                        restore_span(
-                            repo,
-                            index,
-                            span,
-                            opts.verify,
-                            opts.progress.as_ref(),
-                            &mut r,
-                            &mut buf,
-                        );
+                        restore_span(repo, index, span, &mut writer, &mut r, &mut buf);
                     }
                     r
                 })
@@ -390,73 +576,109 @@ pub fn to_dir(
             .collect();
         drop(rx);
         let mut planner = Planner::new(index, tx, opts.verify);
-        let mut stack: Vec<PendingDir> = Vec::new();
         let mut links: HashMap<u64, PathBuf> = HashMap::new();
-        let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
-        let res = walk(repo, index, &snap.root, &mut |rel, node| {
-            let depth = depth_of(rel);
-            while stack.last().is_some_and(|d| d.depth >= depth) {
-                stack.pop();
-            }
-            if opts.filter.excluded(rel) {
-                return Ok(false);
-            }
-            let selected = opts.filter.included(rel) || stack.last().is_some_and(|d| d.selected);
-            let path = target.join(OsStr::from_bytes(rel));
-            if node.kind == NodeKind::Dir {
-                stack.push(PendingDir {
-                    depth,
-                    path,
-                    node: node.clone(),
-                    created: false,
-                    selected,
-                });
-                // A directory that cannot be made (a name too long for the target's
-                // filesystem, a path past PATH_MAX) costs its subtree, not the restore.
-                if selected
-                    && let Err(e) =
-                        ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)
-                {
-                    report.errors.push(subtree_skipped(rel, &e));
+        let mut walk_pass = |pass: Pass,
+                             planner: &mut Planner,
+                             made: &mut FirstPass,
+                             trees: &mut TreeCache| {
+            let mut stack: Vec<PendingDir> = Vec::new();
+            let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
+            let visit = &mut |rel: &[u8], node: &Node| {
+                let depth = depth_of(rel);
+                while stack.last().is_some_and(|d| d.depth >= depth) {
                     stack.pop();
+                }
+                if opts.filter.excluded(rel) {
                     return Ok(false);
                 }
-                return Ok(true);
-            }
-            if !selected {
-                return Ok(false);
-            }
-            let display = String::from_utf8_lossy(rel).into_owned();
-            if let Err(e) = ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run) {
-                report.errors.push(format!("{display}: {e}"));
-                return Ok(false);
-            }
-            if opts.dry_run {
-                report.planned.push(display);
-                match node.kind {
-                    NodeKind::File => {
-                        report.files += 1;
-                        report.bytes += node.size;
+                let selected =
+                    opts.filter.included(rel) || stack.last().is_some_and(|d| d.selected);
+                let path = target.join(OsStr::from_bytes(rel));
+                if node.kind == NodeKind::Dir {
+                    stack.push(PendingDir {
+                        depth,
+                        created: made.dirs.contains(&path),
+                        path,
+                        node: node.clone(),
+                        selected,
+                    });
+                    // A directory that cannot be made (a name too long for the target's
+                    // filesystem, a path past PATH_MAX) costs its subtree, not the restore.
+                    // The first pass makes only the directories its files are in.
+                    if selected
+                        && pass == Pass::Rest
+                        && let Err(e) =
+                            ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)
+                    {
+                        report.errors.push(subtree_skipped(rel, &e));
+                        stack.pop();
+                        return Ok(false);
                     }
-                    _ => report.others += 1,
+                    return Ok(true);
                 }
-                return Ok(false);
+                let wanted = match pass {
+                    Pass::Large => is_large(node),
+                    Pass::Rest => !made.restored(rel, node),
+                };
+                if !selected || !wanted {
+                    return Ok(false);
+                }
+                let display = String::from_utf8_lossy(rel).into_owned();
+                let fresh = stack.iter().rev().take_while(|d| !d.created).count();
+                if let Err(e) = ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run) {
+                    match pass {
+                        // The second pass meets the directory again and says what failed.
+                        Pass::Large => made.missed.push(rel.to_vec()),
+                        Pass::Rest => report.errors.push(format!("{display}: {e}")),
+                    }
+                    return Ok(false);
+                }
+                if pass == Pass::Large {
+                    let new_dirs = &stack[stack.len() - fresh..];
+                    made.dirs.extend(new_dirs.iter().map(|d| d.path.clone()));
+                }
+                if opts.dry_run {
+                    report.planned.push(display);
+                    match node.kind {
+                        NodeKind::File => {
+                            report.files += 1;
+                            report.bytes += node.size;
+                        }
+                        _ => report.others += 1,
+                    }
+                    return Ok(false);
+                }
+                if let Err(e) = refuse_device(node, opts.devices).and_then(|()| {
+                    restore_entry(
+                        index,
+                        node,
+                        &path,
+                        &display,
+                        &mut links,
+                        planner,
+                        &mut report,
+                    )
+                }) {
+                    report.errors.push(format!("{display}: {e}"));
+                }
+                Ok(false)
+            };
+            walk_with(repo, index, &snap.root, visit, trees)
+        };
+        let mut first = FirstPass::default();
+        let mut trees = TreeCache::keeping();
+        let res = (|| {
+            if !opts.dry_run {
+                // Trees the first pass could not read are reported by the second, which
+                // restores their large files too if it can read them then.
+                let unread = walk_pass(Pass::Large, &mut planner, &mut first, &mut trees)?;
+                first.missed.extend(unread.into_iter().map(|(rel, _)| rel));
+                first.done = true;
+                planner.flush()?;
             }
-            if let Err(e) = refuse_device(node, opts.devices).and_then(|()| {
-                restore_entry(
-                    index,
-                    node,
-                    &path,
-                    &display,
-                    &mut links,
-                    &mut planner,
-                    &mut report,
-                )
-            }) {
-                report.errors.push(format!("{display}: {e}"));
-            }
-            Ok(false)
-        });
+            trees.keep = false;
+            walk_pass(Pass::Rest, &mut planner, &mut first, &mut trees)
+        })();
         let res = res.and_then(|r| planner.flush().map(|()| r));
         drop(planner);
         let reports: Vec<RestoreReport> = handles
