@@ -577,94 +577,95 @@ pub fn to_dir(
         drop(rx);
         let mut planner = Planner::new(index, tx, opts.verify);
         let mut links: HashMap<u64, PathBuf> = HashMap::new();
-        let mut walk_pass = |pass: Pass,
-                             planner: &mut Planner,
-                             made: &mut FirstPass,
-                             trees: &mut TreeCache| {
-            let mut stack: Vec<PendingDir> = Vec::new();
-            let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
-            let visit = &mut |rel: &[u8], node: &Node| {
-                let depth = depth_of(rel);
-                while stack.last().is_some_and(|d| d.depth >= depth) {
-                    stack.pop();
-                }
-                if opts.filter.excluded(rel) {
-                    return Ok(false);
-                }
-                let selected =
-                    opts.filter.included(rel) || stack.last().is_some_and(|d| d.selected);
-                let path = target.join(OsStr::from_bytes(rel));
-                if node.kind == NodeKind::Dir {
-                    stack.push(PendingDir {
-                        depth,
-                        created: made.dirs.contains(&path),
-                        path,
-                        node: node.clone(),
-                        selected,
-                    });
-                    // A directory that cannot be made (a name too long for the target's
-                    // filesystem, a path past PATH_MAX) costs its subtree, not the restore.
-                    // The first pass makes only the directories its files are in.
-                    if selected
-                        && pass == Pass::Rest
-                        && let Err(e) =
-                            ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)
-                    {
-                        report.errors.push(subtree_skipped(rel, &e));
+        let mut walk_pass =
+            |pass: Pass, planner: &mut Planner, made: &mut FirstPass, trees: &mut TreeCache| {
+                let mut stack: Vec<PendingDir> = Vec::new();
+                let depth_of = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count();
+                let visit = &mut |rel: &[u8], node: &Node| {
+                    let depth = depth_of(rel);
+                    while stack.last().is_some_and(|d| d.depth >= depth) {
                         stack.pop();
+                    }
+                    if opts.filter.excluded(rel) {
                         return Ok(false);
                     }
-                    return Ok(true);
-                }
-                let wanted = match pass {
-                    Pass::Large => is_large(node),
-                    Pass::Rest => !made.restored(rel, node),
-                };
-                if !selected || !wanted {
-                    return Ok(false);
-                }
-                let display = String::from_utf8_lossy(rel).into_owned();
-                let fresh = stack.iter().rev().take_while(|d| !d.created).count();
-                if let Err(e) = ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run) {
-                    match pass {
-                        // The second pass meets the directory again and says what failed.
-                        Pass::Large => made.missed.push(rel.to_vec()),
-                        Pass::Rest => report.errors.push(format!("{display}: {e}")),
-                    }
-                    return Ok(false);
-                }
-                if pass == Pass::Large {
-                    let new_dirs = &stack[stack.len() - fresh..];
-                    made.dirs.extend(new_dirs.iter().map(|d| d.path.clone()));
-                }
-                if opts.dry_run {
-                    report.planned.push(display);
-                    match node.kind {
-                        NodeKind::File => {
-                            report.files += 1;
-                            report.bytes += node.size;
+                    let selected =
+                        opts.filter.included(rel) || stack.last().is_some_and(|d| d.selected);
+                    let path = target.join(OsStr::from_bytes(rel));
+                    if node.kind == NodeKind::Dir {
+                        stack.push(PendingDir {
+                            depth,
+                            created: made.dirs.contains(&path),
+                            path,
+                            node: node.clone(),
+                            selected,
+                        });
+                        // A directory that cannot be made (a name too long for the target's
+                        // filesystem, a path past PATH_MAX) costs its subtree, not the restore.
+                        // The first pass makes only the directories its files are in.
+                        if selected
+                            && pass == Pass::Rest
+                            && let Err(e) =
+                                ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run)
+                        {
+                            report.errors.push(subtree_skipped(rel, &e));
+                            stack.pop();
+                            return Ok(false);
                         }
-                        _ => report.others += 1,
+                        return Ok(true);
                     }
-                    return Ok(false);
-                }
-                if let Err(e) = refuse_device(node, opts.devices).and_then(|()| {
-                    restore_entry(
-                        index,
-                        node,
-                        &path,
-                        &display,
-                        &mut links,
-                        planner,
-                        &mut report,
-                    )
-                }) {
-                    report.errors.push(format!("{display}: {e}"));
-                }
-                Ok(false)
+                    let wanted = match pass {
+                        Pass::Large => is_large(node),
+                        Pass::Rest => !made.restored(rel, node),
+                    };
+                    if !selected || !wanted {
+                        return Ok(false);
+                    }
+                    let display = String::from_utf8_lossy(rel).into_owned();
+                    let fresh = stack.iter().rev().take_while(|d| !d.created).count();
+                    let dirs = ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run);
+                    if pass == Pass::Large {
+                        // Also those made before one failed: the second pass must not make
+                        // them again.
+                        let new_dirs = stack[stack.len() - fresh..].iter().filter(|d| d.created);
+                        made.dirs.extend(new_dirs.map(|d| d.path.clone()));
+                    }
+                    if let Err(e) = dirs {
+                        match pass {
+                            // The second pass meets the directory again and says what failed.
+                            Pass::Large => made.missed.push(rel.to_vec()),
+                            Pass::Rest => report.errors.push(format!("{display}: {e}")),
+                        }
+                        return Ok(false);
+                    }
+                    if opts.dry_run {
+                        report.planned.push(display);
+                        match node.kind {
+                            NodeKind::File => {
+                                report.files += 1;
+                                report.bytes += node.size;
+                            }
+                            _ => report.others += 1,
+                        }
+                        return Ok(false);
+                    }
+                    if let Err(e) = refuse_device(node, opts.devices).and_then(|()| {
+                        restore_entry(
+                            index,
+                            node,
+                            &path,
+                            &display,
+                            &mut links,
+                            planner,
+                            &mut report,
+                        )
+                    }) {
+                        report.errors.push(format!("{display}: {e}"));
+                    }
+                    Ok(false)
+                };
+                walk_with(repo, index, &snap.root, visit, trees)
             };
-            walk_with(repo, index, &snap.root, visit, trees)
-        };
         let mut first = FirstPass::default();
         let mut trees = TreeCache::keeping();
         let res = (|| {
