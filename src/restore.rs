@@ -201,6 +201,7 @@ impl TreeCache {
     /// One that fails is left out: the walk loads it again when it gets there, and reports.
     fn load_ahead(&mut self, repo: &Repository, index: &Index, trees: &[Result<Tree>]) {
         let mut next: Vec<BlobId> = Vec::new();
+        let mut sizes: Vec<u64> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut bytes = self.ahead_bytes;
         let subtrees = trees
@@ -216,15 +217,15 @@ impl TreeCache {
             if !self.ahead.contains_key(&id) && !self.kept.contains_key(&id) && seen.insert(id) {
                 bytes += size;
                 next.push(id);
+                sizes.push(size);
             }
         }
         if next.is_empty() {
             return;
         }
         let loaded = repo.load_trees(index, &next);
-        for (id, tree) in next.into_iter().zip(loaded) {
+        for ((id, tree), size) in next.into_iter().zip(loaded).zip(sizes) {
             if let Ok(tree) = tree {
-                let size = Self::size(index, &id);
                 self.ahead_bytes += size;
                 self.ahead.insert(id, (tree, size));
             }

@@ -99,17 +99,27 @@ impl FileTarget {
             .map_err(|e| Error::io("cannot open for writing", &self.path, e))
     }
 
-    /// Writes `data`, which starts at `data_offset` of the file's content, where it belongs:
-    /// at the same offset for a dense file, spread over the extents for a sparse one.
+    fn too_much(&self) -> Error {
+        Error::corrupt(format!("file {}", self.display), "more data than its size")
+    }
+
+    /// Writes `parts`, which follow each other from `data_offset`, to a dense file.
+    fn write_dense(&self, file: &File, data_offset: u64, parts: &[&[u8]]) -> Result<()> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if data_offset + total > self.node.size {
+            return Err(self.too_much());
+        }
+        write_all_vectored_at(file, parts, data_offset)
+            .map_err(|e| Error::io("cannot write", &self.path, e))
+    }
+
+    /// Writes `data`, which starts at `data_offset` of a sparse file's content, spread over
+    /// its extents.
     fn place(&self, file: &File, data_offset: u64, data: &[u8]) -> Result<()> {
         let io_err = |e| Error::io("cannot write", &self.path, e);
-        let too_much =
-            || Error::corrupt(format!("file {}", self.display), "more data than its size");
+        let too_much = || self.too_much();
         let Some(extents) = &self.node.extents else {
-            if data_offset + data.len() as u64 > self.node.size {
-                return Err(too_much());
-            }
-            return file.write_all_at(data, data_offset).map_err(io_err);
+            return self.write_dense(file, data_offset, &[data]);
         };
         // The extent holding `data_offset`: the last one starting at or before it.
         let mut i = self
@@ -608,16 +618,8 @@ impl<'a> SpanWriter<'a> {
             let target = first.target.clone();
             let written = self.ensure_open(&target).and_then(|()| {
                 let parts: Vec<&[u8]> = batch.iter().map(|(_, h)| self.bytes(buf, h)).collect();
-                let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
-                if first.data_offset + total > target.node.size {
-                    return Err(Error::corrupt(
-                        format!("file {}", target.display),
-                        "more data than its size",
-                    ));
-                }
                 let file = self.open_for(&target).expect("opened above");
-                write_all_vectored_at(file, &parts, first.data_offset)
-                    .map_err(|e| Error::io("cannot write", &target.path, e))
+                target.write_dense(file, first.data_offset, &parts)
             });
             for (d, h) in &batch {
                 self.done(
