@@ -48,7 +48,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use store::{S3Server, Storage};
 use tools::{Scenario, Tool, ToolId};
 use verify::Manifest;
@@ -235,8 +235,9 @@ impl Workspace {
             );
             eprintln!("[core] removing previous run in {}", root.display());
             remove_stale_buckets(&root, s3.as_deref(), args)?;
-            fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+            remove_run(&root, &args.workdir)?;
         }
+        wait_for_freed_inodes(&args.workdir)?;
         let ws = Self {
             s3: s3.map(|server| (server, Vec::new())),
             data: root.join("data"),
@@ -289,8 +290,56 @@ impl Workspace {
                 server.delete_bucket(bucket)?;
             }
         }
-        fs::remove_dir_all(&self.root).with_context(|| format!("removing {}", self.root.display()))
+        let workdir = self
+            .root
+            .parent()
+            .expect("the run directory is under the workdir");
+        remove_run(&self.root, workdir)
     }
+}
+
+/// When a run's directory was last removed, in Unix seconds: the next run reads it.
+const REMOVED_AT_FILE: &str = "core-removed-at";
+
+/// How long ext4 without a journal (as on this machine) passes over freed inodes: those
+/// freed less than 5 s ago, or 305 s ago if their inode-table block is dirty, which it is
+/// as soon as files are created next to them (`recently_deleted` in fs/ext4/ialloc.c).
+const INODE_REUSE_DELAY: Duration = Duration::from_secs(305);
+
+/// Removes a run's directory (its 50k data files and any kept restores) and notes when.
+fn remove_run(root: &Path, workdir: &Path) -> Result<()> {
+    fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    fs::write(workdir.join(REMOVED_AT_FILE), now.to_string())?;
+    Ok(())
+}
+
+/// Waits until the inodes of a run removed shortly before are reusable. Otherwise this
+/// run's data generation and restores create their files while ext4 is still skipping
+/// over 100k or more recently freed inodes: that search cost a restore about 1 s of
+/// system CPU in a probe, and it spread the generated files over more inode-table
+/// blocks, which slowed both tools' cold no-change backups. It is the bench's own
+/// leftover, not either tool's work, so neither is timed with it.
+fn wait_for_freed_inodes(workdir: &Path) -> Result<()> {
+    let Ok(text) = fs::read_to_string(workdir.join(REMOVED_AT_FILE)) else {
+        return Ok(());
+    };
+    let Ok(removed) = text.trim().parse::<u64>() else {
+        return Ok(());
+    };
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH + Duration::from_secs(removed))
+        .unwrap_or_default();
+    if let Some(left) = INODE_REUSE_DELAY.checked_sub(since) {
+        eprintln!(
+            "[core] waiting {} s: the previous run's files were removed {} s ago, and ext4 \
+             without a journal skips inodes freed in the last 5 minutes when making new ones",
+            left.as_secs(),
+            since.as_secs()
+        );
+        std::thread::sleep(left);
+    }
+    Ok(())
 }
 
 /// Deletes the buckets a previous S3 run under `root` recorded, on `server`
