@@ -592,8 +592,11 @@ pub fn to_dir(
                     }
                     let selected =
                         opts.filter.included(rel) || stack.last().is_some_and(|d| d.selected);
-                    let path = target.join(OsStr::from_bytes(rel));
+                    // Joined only for what is made here: the first pass passes over 50k
+                    // small files, the second over every large one.
+                    let path = || target.join(OsStr::from_bytes(rel));
                     if node.kind == NodeKind::Dir {
+                        let path = path();
                         stack.push(PendingDir {
                             depth,
                             created: made.dirs.contains(&path),
@@ -622,6 +625,7 @@ pub fn to_dir(
                     if !selected || !wanted {
                         return Ok(false);
                     }
+                    let path = path();
                     let display = String::from_utf8_lossy(rel).into_owned();
                     let fresh = stack.iter().rev().take_while(|d| !d.created).count();
                     let dirs = ensure_dirs(&mut stack, &mut dir_meta, &mut report, opts.dry_run);
