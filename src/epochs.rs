@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::backend::{Backend, BackendError, BucketSettings, Kind, LifecycleRule, ObjectInfo};
+use bytes::Bytes;
 
 /// Where the epochs live, under the repository prefix.
 pub const EPOCHS_DIR: &str = "epochs";
@@ -196,7 +197,7 @@ impl Backend for Epochs {
         Ok(false)
     }
 
-    async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
+    async fn put(&self, kind: Kind, name: &str, data: Bytes) -> Result<(), BackendError> {
         if is_root_kind(kind) {
             return self.root.put(kind, name, data).await;
         }

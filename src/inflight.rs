@@ -184,7 +184,7 @@ impl<'a> Inflight<'a> {
         let plain = postcard::to_stdvec(&a).expect("an announcement serializes");
         let sealed = self.repo.keys().seal(Purpose::Pending, &plain);
         self.repo
-            .block_on(self.repo.backend().put(Kind::Pending, &name, sealed))?;
+            .block_on(self.repo.backend().put(Kind::Pending, &name, sealed.into()))?;
         let mut st = self.state();
         st.mine.push(name.clone());
         st.seen.insert(name.clone());
@@ -493,7 +493,7 @@ mod tests {
         // A's pack lands and is indexed: B relies on it, uploads nothing more.
         repo.block_on(
             repo.backend()
-                .put(Kind::Pack, &pa.to_hex(), bytes_a.clone()),
+                .put(Kind::Pack, &pa.to_hex(), bytes_a.clone().into()),
         )
         .unwrap();
         let file = IndexFile {
@@ -562,13 +562,14 @@ mod tests {
         let sealed = repo
             .keys()
             .seal(Purpose::Pending, &postcard::to_stdvec(&a).unwrap());
-        repo.block_on(repo.backend().put(Kind::Pending, &name, sealed))
+        repo.block_on(repo.backend().put(Kind::Pending, &name, sealed.into()))
             .unwrap();
         let junk = format!("{:013}-0000000000000000-000001", unix_ms());
-        repo.block_on(
-            repo.backend()
-                .put(Kind::Pending, &junk, b"garbage".to_vec()),
-        )
+        repo.block_on(repo.backend().put(
+            Kind::Pending,
+            &junk,
+            bytes::Bytes::from_static(b"garbage"),
+        ))
         .unwrap();
         let b = Inflight::start(&repo, "host-b", &skip, Duration::from_secs(30)).unwrap();
         assert_eq!(b.before_upload(&entries, &bytes).unwrap(), entries);

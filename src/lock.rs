@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::ids::PackId;
 use crate::index::IndexFile;
 use crate::repo::Repository;
+use bytes::Bytes;
 
 /// The longest extension margin: however long the retention, objects are extended again
 /// at least every this often when backups keep referencing them.
@@ -434,7 +435,7 @@ impl Backend for ObjectLock {
         &self,
         kind: Kind,
         name: &str,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> std::result::Result<(), BackendError> {
         self.verify().await?;
         if !locked_kind(kind) {

@@ -214,11 +214,11 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
-    /// A builder whose buffer holds a pack of `bytes` without growing: growing a 16 MiB
-    /// buffer by doubling copies it about once more.
-    pub fn with_capacity(bytes: usize) -> Self {
+    /// A builder that fills `buf` (emptied first), which should hold a whole pack.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
         PackBuilder {
-            buf: Vec::with_capacity(bytes),
+            buf,
             entries: Vec::new(),
         }
     }

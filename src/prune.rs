@@ -463,7 +463,7 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
             packs: to_mark,
         };
         let (name, sealed) = mark.seal(repo.keys());
-        repo.block_on(repo.backend().put(Kind::Mark, &name, sealed))?;
+        repo.block_on(repo.backend().put(Kind::Mark, &name, sealed.into()))?;
         report.marks_pending.push((mark.packs.len(), mark.due()));
     }
     Ok(report)
@@ -495,7 +495,7 @@ fn repack(
         }
         let (id, bytes, blobs) = builder.finish(repo.keys());
         let size = bytes.len() as u64;
-        repo.block_on(repo.backend().put(Kind::Pack, &id.to_hex(), bytes))?;
+        repo.block_on(repo.backend().put(Kind::Pack, &id.to_hex(), bytes.into()))?;
         written.push(IndexedPack { id, size, blobs });
         Ok(())
     };

@@ -283,7 +283,7 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Report> {
     if !mark.broken.is_empty() {
         let (name, sealed) = mark.seal(repo.keys());
         if !opts.dry_run {
-            repo.block_on(repo.backend().put(Kind::Repair, &name, sealed))?;
+            repo.block_on(repo.backend().put(Kind::Repair, &name, sealed.into()))?;
         }
         report.mark_written = Some(name.clone());
         kept_mark = Some(name);

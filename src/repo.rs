@@ -251,7 +251,7 @@ impl Repository {
         let entry = crypto::wrap_master(&master, secret, &hostname(), &now)?;
         let entry_bytes = serde_json::to_vec_pretty(&entry).expect("key entry serializes");
         let key_name = hex::encode(blake3::hash(&entry_bytes).as_bytes());
-        runtime.block_on(backend.put(Kind::Key, &key_name, entry_bytes))?;
+        runtime.block_on(backend.put(Kind::Key, &key_name, entry_bytes.into()))?;
         let config = RepoConfig {
             created: now,
             ..placeholder
@@ -263,7 +263,7 @@ impl Repository {
         );
         // The config is written last: a crash before this leaves no half-made repository
         // that `open` would accept.
-        runtime.block_on(backend.put(Kind::Config, "config", sealed))?;
+        runtime.block_on(backend.put(Kind::Config, "config", sealed.into()))?;
         Ok(Repository {
             backend,
             runtime,
@@ -519,7 +519,7 @@ impl Repository {
     pub fn save_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
         let (id, sealed) = file.seal(&self.keys);
         let n = sealed.len() as u64;
-        self.block_on(self.backend.put(Kind::Index, &id.to_hex(), sealed))?;
+        self.block_on(self.backend.put(Kind::Index, &id.to_hex(), sealed.into()))?;
         if let Some(l) = &self.lock {
             l.note_index(&id.to_hex(), file);
         }
@@ -704,7 +704,10 @@ impl Repository {
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<(SnapshotId, u64)> {
         let (id, sealed) = snap.seal(&self.keys);
         let n = sealed.len() as u64;
-        self.block_on(self.backend.put(Kind::Snapshot, &id.to_hex(), sealed))?;
+        self.block_on(
+            self.backend
+                .put(Kind::Snapshot, &id.to_hex(), sealed.into()),
+        )?;
         Ok((id, n))
     }
 

@@ -398,7 +398,11 @@ impl Crafter {
         let (id, bytes, entries) = pack.finish(self.repo.keys());
         let size = bytes.len() as u64;
         self.repo
-            .block_on(self.repo.backend().put(Kind::Pack, &id.to_hex(), bytes))
+            .block_on(
+                self.repo
+                    .backend()
+                    .put(Kind::Pack, &id.to_hex(), bytes.into()),
+            )
             .unwrap();
         self.repo
             .save_index(&IndexFile {

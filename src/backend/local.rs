@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{Backend, BackendError, Kind, ObjectInfo};
+use bytes::Bytes;
 
 /// Temp files live inside the repository so the final rename never crosses filesystems.
 const TMP_DIR: &str = "tmp";
@@ -175,7 +176,7 @@ impl Backend for LocalBackend {
         }
     }
 
-    async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
+    async fn put(&self, kind: Kind, name: &str, data: Bytes) -> Result<(), BackendError> {
         self.put_sync(kind, name, &data)
             .map_err(|e| self.io("write", kind, name, e))
     }

@@ -11,6 +11,7 @@ pub mod s3;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// The kinds of objects a repository holds, each in its own namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,8 +177,10 @@ pub trait Backend: Send + Sync {
     fn location(&self) -> String;
     /// Whether a repository (its `config` object) exists here.
     async fn exists(&self, kind: Kind, name: &str) -> Result<bool, BackendError>;
-    /// Stores an object durably; returns only once it would survive a crash.
-    async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError>;
+    /// Stores an object durably; returns only once it would survive a crash. `Bytes` so a
+    /// caller can hand over a buffer it wants back when the store is done with it
+    /// (`Bytes::from_owner`; see backup.rs's pack buffers).
+    async fn put(&self, kind: Kind, name: &str, data: Bytes) -> Result<(), BackendError>;
     async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError>;
     async fn get_range(
         &self,
@@ -228,7 +231,7 @@ pub trait Backend: Send + Sync {
         &self,
         kind: Kind,
         name: &str,
-        data: Vec<u8>,
+        data: Bytes,
         lock: Retention,
     ) -> Result<(), BackendError> {
         let _ = (kind, name, data, lock);

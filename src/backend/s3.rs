@@ -9,6 +9,11 @@
 //! when an operation requires them (many S3-compatible servers reject the SDK's default
 //! CRC trailers and aws-chunked bodies), and every PutObject and UploadPart carries a
 //! `Content-MD5` header, which Object Lock buckets require.
+//!
+//! Uploaded bodies are not hashed into the request signature (`UNSIGNED-PAYLOAD`): the
+//! Content-MD5 header is signed and covers the body, and every object is sealed (AEAD)
+//! anyway. Signing the payload hashed every uploaded byte with SHA-256 once more, about
+//! 1 s of CPU per GiB (the benchmark's initial S3 backup: 10.2 s of user CPU, 9.0 s without).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -403,14 +408,12 @@ impl S3Backend {
         &self,
         kind: Kind,
         name: &str,
-        data: Vec<u8>,
+        data: Bytes,
         lock: Option<Retention>,
     ) -> Result<(), BackendError> {
         let key = self.key(kind, name);
         if data.len() > self.tuning.multipart_threshold {
-            return self
-                .put_multipart(kind, &key, Bytes::from(data), lock)
-                .await;
+            return self.put_multipart(kind, &key, data, lock).await;
         }
         let len = data.len() as i64;
         self.client
@@ -425,6 +428,9 @@ impl S3Backend {
             .set_server_side_encryption(self.tuning.sse.clone())
             .set_ssekms_key_id(self.tuning.sse_kms_key_id.clone())
             .body(ByteStream::from(data))
+            // UNSIGNED-PAYLOAD: the signed Content-MD5 covers the body (module docs).
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.fail("PutObject", &key, &e))?;
@@ -524,6 +530,9 @@ impl S3Backend {
                     .content_md5(content_md5(&part))
                     .content_length(part.len() as i64)
                     .body(ByteStream::from(part))
+                    // UNSIGNED-PAYLOAD, as in `put_with`.
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .map_err(|e| self.fail(&format!("UploadPart {number}"), key, &e))?;
@@ -690,7 +699,7 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn put(&self, kind: Kind, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
+    async fn put(&self, kind: Kind, name: &str, data: Bytes) -> Result<(), BackendError> {
         self.put_with(kind, name, data, None).await
     }
 
@@ -698,7 +707,7 @@ impl Backend for S3Backend {
         &self,
         kind: Kind,
         name: &str,
-        data: Vec<u8>,
+        data: Bytes,
         lock: Retention,
     ) -> Result<(), BackendError> {
         self.put_with(kind, name, data, Some(lock)).await
