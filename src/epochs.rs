@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::backend::{Backend, BackendError, BucketSettings, Kind, LifecycleRule, ObjectInfo};
-use bytes::Bytes;
 
 /// Where the epochs live, under the repository prefix.
 pub const EPOCHS_DIR: &str = "epochs";

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, Kind, LockMode, ObjectInfo, Retention};
@@ -34,7 +35,6 @@ use crate::error::{Error, Result};
 use crate::ids::PackId;
 use crate::index::IndexFile;
 use crate::repo::Repository;
-use bytes::Bytes;
 
 /// The longest extension margin: however long the retention, objects are extended again
 /// at least every this often when backups keep referencing them.

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{Backend, BackendError, Kind, ObjectInfo};
-use bytes::Bytes;
 
 /// Temp files live inside the repository so the final rename never crosses filesystems.
 const TMP_DIR: &str = "tmp";
