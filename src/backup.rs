@@ -524,8 +524,10 @@ impl PackBuffers {
     /// doubling copies it about once more), a returned one when there is one.
     fn take(&self) -> Vec<u8> {
         match self.spare.try_recv() {
-            // One that grew far past a pack (a huge directory listing) is let go.
-            Ok(mut buf) if buf.capacity() <= 2 * self.room => {
+            // One that grew far past a pack (a huge directory listing) is let go, and so is
+            // one made smaller (a pack repacked from a concurrent backup's leftovers), which
+            // would grow by doubling.
+            Ok(mut buf) if (self.room..=2 * self.room).contains(&buf.capacity()) => {
                 buf.clear();
                 buf
             }
@@ -1186,7 +1188,8 @@ mod tests {
     use super::*;
 
     /// A lent pack buffer comes back only once the store has dropped every reference to
-    /// it, and is handed out again empty; one that grew far past a pack is let go.
+    /// it, and is handed out again empty; one that grew far past a pack, or is smaller than
+    /// one, is let go.
     #[test]
     fn pack_buffers_come_back_after_the_last_reference_only() {
         let buffers = PackBuffers::new(2, 1024);
@@ -1210,6 +1213,11 @@ mod tests {
         drop(buffers.lend(vec![0u8; 4096]));
         let fresh = buffers.take();
         assert!(fresh.capacity() >= 1024 && fresh.capacity() < 4096);
+        drop(buffers.lend(Vec::with_capacity(16)));
+        assert!(
+            buffers.take().capacity() >= 1024,
+            "a small buffer was handed out"
+        );
     }
 
     /// A large file read through O_DIRECT in odd-sized pieces, across buffer refills, a
