@@ -449,9 +449,9 @@ pub fn run(
                     "findings": findings,
                     "safe": !danger,
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!(
+                crate::outln!(
                     "{}: retention mode {}; versioning {}; Object Lock {}; {} lifecycle rule(s)",
                     repo.location(),
                     mode.describe(),
@@ -465,7 +465,7 @@ pub fn run(
                     settings.lifecycle.len()
                 );
                 for r in &settings.lifecycle {
-                    println!("  {}", describe_rule(r));
+                    crate::outln!("  {}", describe_rule(r));
                 }
                 for f in &findings {
                     let tag = match f.severity {
@@ -473,9 +473,9 @@ pub fn run(
                         Severity::Warning => "WARNING",
                         Severity::Ok => "ok",
                     };
-                    println!("{tag}: {}", f.problem);
+                    crate::outln!("{tag}: {}", f.problem);
                     if let Some(c) = &f.change {
-                        println!("  change: {c}");
+                        crate::outln!("  change: {c}");
                     }
                 }
             }
@@ -503,25 +503,25 @@ pub fn run(
                     "applied": a.apply,
                     "bucket_rules": merged,
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!(
+                crate::outln!(
                     "lifecycle rules for {} (retention mode {}):",
                     repo.location(),
                     mode.describe()
                 );
                 for r in &ours {
-                    println!("  {}", describe_rule(r));
+                    crate::outln!("  {}", describe_rule(r));
                 }
                 if mode.name() != "epochs" {
-                    println!(
+                    crate::outln!(
                         "  no Expiration: in this mode only `volguard forget --prune` deletes data"
                     );
                 }
                 if a.apply {
-                    println!("installed (the bucket's other rules were kept)");
+                    crate::outln!("installed (the bucket's other rules were kept)");
                 } else {
-                    println!("run with --apply to install them");
+                    crate::outln!("run with --apply to install them");
                 }
             }
             Ok(exit::OK)

@@ -231,7 +231,7 @@ fn create_key_file(path: &Path) -> Result<()> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    crate::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
@@ -255,7 +255,7 @@ fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
             "retention": repo.config().retention}),
         );
     } else {
-        println!(
+        crate::outln!(
             "created repository {} (id {}); retention mode: {}",
             repo.location(),
             repo.config().id,
@@ -373,13 +373,13 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         print_json(&json!({"snapshots": snaps, "failed": failed, "skipped": skipped_volumes}));
     } else {
         for r in &reports {
-            println!("{}", report_line(r));
+            crate::outln!("{}", report_line(r));
         }
         for (v, e) in &failures {
-            println!("{v}: FAILED: {e}");
+            crate::outln!("{v}: FAILED: {e}");
         }
         if sources.is_empty() {
-            println!(
+            crate::outln!(
                 "no Docker volumes found under {}/volumes",
                 ctx.docker_root.display()
             );
@@ -524,7 +524,7 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
             ))
         })?;
         if !ctx.json {
-            println!(
+            crate::outln!(
                 "{} ({} from its {}): {}",
                 ar.path.display(),
                 repo::format_time(ar.time),
@@ -590,7 +590,7 @@ fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
             tracing::warn!("drill result not recorded: {e}");
         }
         if !ctx.json {
-            println!(
+            crate::outln!(
                 "{}: snapshot {} of {} — {} of {} files restored ({}), {} verified, in {:.1}s; \
                  {} live files compared: {}",
                 d.volume,
@@ -605,7 +605,7 @@ fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
                 if d.ok { "OK" } else { "FAILED" }
             );
             for line in d.errors.iter().chain(&d.live_differs) {
-                println!("  {line}");
+                crate::outln!("  {line}");
             }
         }
         drills.push(d);
@@ -699,12 +699,17 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
             .collect();
         print_json(&json!({ "snapshots": v }));
     } else {
-        println!(
+        crate::outln!(
             "{:<10} {:<21} {:<16} {:<24} {:>8} {:>10}",
-            "ID", "TIME", "HOST", "VOLUME", "FILES", "SIZE"
+            "ID",
+            "TIME",
+            "HOST",
+            "VOLUME",
+            "FILES",
+            "SIZE"
         );
         for (id, s) in &shown {
-            println!(
+            crate::outln!(
                 "{:<10} {:<21} {:<16} {:<24} {:>8} {:>10}{}",
                 id.short(),
                 s.time.get(..19).unwrap_or(&s.time),
@@ -719,7 +724,7 @@ fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
                 }
             );
         }
-        println!("{} snapshot(s)", shown.len());
+        crate::outln!("{} snapshot(s)", shown.len());
     }
     Ok(if problems.is_empty() {
         exit::OK
@@ -873,7 +878,7 @@ fn restore_all_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
                 ),
                 (None, None) => "defined, no files written".to_string(),
             };
-            println!(
+            crate::outln!(
                 "{}: snapshot {} of {}, {created} ({} label(s), {} option(s)): {what} ({:.1}s)",
                 o.volume,
                 &o.snapshot_id[..8],
@@ -883,13 +888,13 @@ fn restore_all_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
                 o.seconds
             );
             for n in &o.notes {
-                println!("  note: {n}");
+                crate::outln!("  note: {n}");
             }
         }
         for p in &plan.passed_over {
-            println!("not restored: {p}");
+            crate::outln!("not restored: {p}");
         }
-        println!(
+        crate::outln!(
             "restore --all of host {host}: {} volume(s) restored, {failed} failed",
             outcomes.len() - failed
         );
@@ -915,10 +920,10 @@ fn finish_restore(
             eprintln!("error: {e}");
         }
         for p in &r.planned {
-            println!("would restore {p}");
+            crate::outln!("would restore {p}");
         }
         if print_text {
-            println!(
+            crate::outln!(
                 "{}{} files, {} dirs, {} other entries, {} hard links, {} to {dest}{}",
                 if r.planned.is_empty() {
                     "restored "
@@ -998,7 +1003,7 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
         tracing::warn!("{p}");
     }
     let would = if dry_run { "would be " } else { "" };
-    println!(
+    crate::outln!(
         "{}: {} snapshots, {} packs; {} packs {would}deleted ({}), {} kept alive by newer snapshots",
         repo.location(),
         r.snapshots,
@@ -1007,7 +1012,7 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
         human_bytes(r.bytes_deleted),
         r.packs_kept_alive
     );
-    println!(
+    crate::outln!(
         "{} packs {would}marked for deletion ({}), {} of them {would}repacked ({} blobs, {} copied)",
         r.packs_marked,
         human_bytes(r.bytes_marked),
@@ -1020,7 +1025,7 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
             crate::lock::fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
         };
         let (first, last) = r.locked_until.unwrap_or_default();
-        println!(
+        crate::outln!(
             "{} packs ({}) {}not deleted: under Object Lock retention until {} (the last until {}); a prune after that deletes them",
             r.packs_locked,
             human_bytes(r.bytes_locked),
@@ -1037,7 +1042,9 @@ fn print_prune(repo: &Repository, r: &prune::Report, dry_run: bool) {
                     .ok()
             })
             .unwrap_or_else(|| due.to_string());
-        println!("{packs} marked packs become deletable at {due} (a later prune deletes them)");
+        crate::outln!(
+            "{packs} marked packs become deletable at {due} (a later prune deletes them)"
+        );
     }
 }
 
@@ -1049,12 +1056,12 @@ fn repair_cmd(ctx: &Ctx, a: &RepairArgs) -> Result<i32> {
     } else {
         let would = if r.dry_run { "would " } else { "" };
         for p in r.packs_unreadable.iter().chain(&r.blobs_damaged) {
-            println!("damaged: {p}");
+            crate::outln!("damaged: {p}");
         }
         for s in &r.unreadable_snapshots {
-            println!("unreadable snapshot object: {s}");
+            crate::outln!("unreadable snapshot object: {s}");
         }
-        println!(
+        crate::outln!(
             "{}: {} packs read, {} indexed ({} blobs), {} left out (marked by prune); \
              {would}write {} index file(s), {would}delete {} old one(s)",
             repo.location(),
@@ -1066,7 +1073,7 @@ fn repair_cmd(ctx: &Ctx, a: &RepairArgs) -> Result<i32> {
             r.index_files_deleted.len()
         );
         for b in &r.broken_snapshots {
-            println!(
+            crate::outln!(
                 "{would}mark broken: snapshot {} ({} {}): {} damaged path(s)",
                 &b.id[..8],
                 b.volume,
@@ -1074,10 +1081,10 @@ fn repair_cmd(ctx: &Ctx, a: &RepairArgs) -> Result<i32> {
                 b.problems.len()
             );
             for p in &b.problems {
-                println!("  {p}");
+                crate::outln!("  {p}");
             }
         }
-        println!(
+        crate::outln!(
             "{} snapshot(s) checked, {} broken",
             r.snapshots_checked,
             r.broken_snapshots.len()
@@ -1115,9 +1122,9 @@ fn check_cmd(ctx: &Ctx, a: &CheckArgs) -> Result<i32> {
             eprintln!("warning: {w}");
         }
         for e in &r.errors {
-            println!("error: {e}");
+            crate::outln!("error: {e}");
         }
-        println!(
+        crate::outln!(
             "{}: {} packs, {} blobs, {} snapshots{}; {} error(s)",
             repo.location(),
             r.packs,
@@ -1206,19 +1213,19 @@ fn forget_cmd(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
         }
         print_json(&v);
     } else {
-        print!("{}", forget::plan_table(&plan, &policy));
+        crate::out!("{}", forget::plan_table(&plan, &policy));
         for f in &failures {
             if f.locked {
-                println!("snapshot {}: kept for now: {}", f.id.short(), f.error);
+                crate::outln!("snapshot {}: kept for now: {}", f.id.short(), f.error);
             } else {
-                println!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
+                crate::outln!("snapshot {}: NOT forgotten: {}", f.id.short(), f.error);
             }
         }
         let would = plan.to_remove().count();
         if a.dry_run {
-            println!("dry run: would forget {would} snapshot(s); nothing was deleted");
+            crate::outln!("dry run: would forget {would} snapshot(s); nothing was deleted");
         } else if !refuse {
-            println!(
+            crate::outln!(
                 "forgot {forgotten} snapshot(s); the data only they used stays in the repository until it is pruned"
             );
         }
@@ -1261,7 +1268,7 @@ fn inventory_cmd(ctx: &Ctx, a: &InventoryArgs) -> Result<i32> {
             .map_err(|e| Error::Other(format!("cannot encode the inventory: {e}")))?;
         print_json(&v);
     } else {
-        print!("{}", inventory_table(&inv, a.sizes));
+        crate::out!("{}", inventory_table(&inv, a.sizes));
     }
     Ok(if inv.warnings.is_empty() {
         exit::OK
@@ -1468,7 +1475,7 @@ fn short_hash(h: &Option<String>) -> String {
 
 fn print_comparison(c: &volume_diff::Comparison, skip: &std::collections::HashSet<String>) {
     for a in &c.added {
-        println!(
+        crate::outln!(
             "A  {}  {} {} B mode {} owner {}:{} blake3 {}",
             a.path,
             a.entry.kind,
@@ -1480,7 +1487,7 @@ fn print_comparison(c: &volume_diff::Comparison, skip: &std::collections::HashSe
         );
     }
     for r in &c.removed {
-        println!(
+        crate::outln!(
             "D  {}  {} {} B blake3 {}",
             r.path,
             r.entry.kind,
@@ -1513,7 +1520,7 @@ fn print_comparison(c: &volume_diff::Comparison, skip: &std::collections::HashSe
                 other => other.to_string(),
             })
             .collect();
-        println!("M  {}  {}", m.path, details.join(", "));
+        crate::outln!("M  {}  {}", m.path, details.join(", "));
     }
 }
 
@@ -1537,9 +1544,9 @@ fn diff_cmd(ctx: &Ctx, a: &DiffArgs) -> Result<i32> {
             "warnings": warnings,
         }));
     } else {
-        println!("{}: {} -> {}", a.volume, from.text, to.text);
+        crate::outln!("{}: {} -> {}", a.volume, from.text, to.text);
         print_comparison(&c, &Default::default());
-        println!(
+        crate::outln!(
             "{} added, {} removed, {} modified",
             c.added.len(),
             c.removed.len(),
@@ -1598,7 +1605,7 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
         }));
     } else {
         for t in &tampered {
-            println!(
+            crate::outln!(
                 "TAMPERED {}: content differs from the snapshot (blake3 {} -> {}) while size ({} B) and mtime ({}) are unchanged",
                 t.path,
                 &t.snapshot_blake3[..16],
@@ -1610,12 +1617,12 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
         let skip = tampered.iter().map(|t| t.path.clone()).collect();
         print_comparison(&c, &skip);
         if unverifiable > 0 {
-            println!(
+            crate::outln!(
                 "{unverifiable} file(s) of the snapshot carry no content hash (older volguard): their content was compared by size only"
             );
         }
         if tampered.is_empty() {
-            println!(
+            crate::outln!(
                 "{}: no unexplained change against {} ({} added, {} removed, {} modified with their metadata)",
                 a.volume,
                 snap.text,
@@ -1624,13 +1631,13 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
                 c.modified.len()
             );
             if mark_cleared {
-                println!(
+                crate::outln!(
                     "{}: the watcher's verify-needed mark (events may have been lost) is cleared",
                     a.volume
                 );
             }
         } else {
-            println!(
+            crate::outln!(
                 "{}: {} file(s) changed without a trace in their metadata since {}; restore them with `volguard restore {} --include PATH ...` and find out who wrote them",
                 a.volume,
                 tampered.len(),

@@ -9,6 +9,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const PARTIAL: i32 = 3;
     pub const INTERRUPTED: i32 = 130;
+    /// Standard output was a pipe whose reader went away (128 + SIGPIPE, as a shell shows it).
+    pub const BROKEN_PIPE: i32 = 141;
 }
 
 #[derive(Debug, thiserror::Error)]

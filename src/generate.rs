@@ -17,7 +17,7 @@ pub fn run(a: &GenerateArgs) -> Result<i32> {
         GenerateWhat::Completions { shell, out } => vec![completions(*shell, out)?],
     };
     for p in written {
-        println!("{}", p.display());
+        crate::outln!("{}", p.display());
     }
     Ok(exit::OK)
 }

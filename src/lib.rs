@@ -28,6 +28,7 @@ pub mod inventory;
 pub mod layer_backup;
 pub mod layer_diff;
 pub mod lock;
+pub mod output;
 pub mod pack;
 pub mod prune;
 pub mod repair;

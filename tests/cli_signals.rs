@@ -1,5 +1,6 @@
 //! The exit-code contract for interruption: SIGINT ends volguard with 130 and leaves a
-//! repository that passes `check`.
+//! repository that passes `check`; a reader of its output that went away ends it with 141
+//! and no panic.
 
 mod common;
 
@@ -48,4 +49,24 @@ fn sigint_exits_with_130_and_the_repository_stays_consistent() {
     );
     let check = repo.run_json(&["check"]);
     assert_eq!(check["errors"].as_array().unwrap().len(), 0, "{check}");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly_with_141() {
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    // The reading end is closed before volguard starts, so its first write fails (EPIPE:
+    // Rust ignores SIGPIPE) whatever the timing.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = repo
+        .cmd()
+        .args(["--json", "snapshots"])
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "nothing on stderr, got: {stderr}");
 }

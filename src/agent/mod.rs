@@ -1005,9 +1005,9 @@ pub fn status_cmd(json: bool) -> Result<i32> {
         v["running"] = running.into();
         v["health"] = health.into();
         v["failing"] = failing.clone().into();
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
-        println!(
+        crate::outln!(
             "agent: {} (pid {}, since {}), {}; repository {}, host {}",
             if running { "running" } else { "NOT RUNNING" },
             st.pid,
@@ -1017,14 +1017,18 @@ pub fn status_cmd(json: bool) -> Result<i32> {
             st.host
         );
         if let Some(a) = &st.metrics_addr {
-            println!("metrics: http://{a}/metrics");
+            crate::outln!("metrics: http://{a}/metrics");
         }
-        println!(
+        crate::outln!(
             "{:<30} {:<10} {:<9} {:<21} {:<21} last error",
-            "volume", "schedule", "mode", "last success", "next run"
+            "volume",
+            "schedule",
+            "mode",
+            "last success",
+            "next run"
         );
         for (n, v) in &st.volumes {
-            println!(
+            crate::outln!(
                 "{:<30} {:<10} {:<9} {:<21} {:<21} {}",
                 n,
                 v.schedule,
@@ -1035,7 +1039,7 @@ pub fn status_cmd(json: bool) -> Result<i32> {
             );
         }
         for (n, j) in &st.jobs {
-            println!(
+            crate::outln!(
                 "{:<30} {:<10} {:<9} {:<21} {:<21} {}",
                 format!("[{n}]"),
                 j.schedule,
@@ -1045,9 +1049,9 @@ pub fn status_cmd(json: bool) -> Result<i32> {
                 j.last_error.as_deref().unwrap_or("")
             );
         }
-        println!("health: {health}");
+        crate::outln!("health: {health}");
         for f in &failing {
-            println!("  failing: {f}");
+            crate::outln!("  failing: {f}");
         }
     }
     Ok(match health {

@@ -183,26 +183,26 @@ pub fn events(settings: &WatchSettings, json: bool, args: &EventsArgs) -> Result
             "events": selected,
             "verify_needed": marks["volumes"],
         });
-        println!("{doc}");
+        crate::outln!("{doc}");
         return Ok(exit::OK);
     }
     for l in &selected {
         match l["op"].as_str() {
-            Some("watch_start") | Some("watch_stop") => println!(
+            Some("watch_start") | Some("watch_stop") => crate::outln!(
                 "{} {} (pid {})",
                 l["time"].as_str().unwrap_or("?"),
                 l["op"].as_str().unwrap_or("?"),
                 l["pid"]
             ),
-            Some("events_lost") => println!(
+            Some("events_lost") => crate::outln!(
                 "{} EVENTS MAY HAVE BEEN LOST: {}; volumes: {}",
                 l["time"].as_str().unwrap_or("?"),
                 l["reason"].as_str().unwrap_or("?"),
                 l["volumes"]
             ),
             _ => match serde_json::from_value::<LoggedEvent>((*l).clone()) {
-                Ok(e) => println!("{}", e.line()),
-                Err(_) => println!("{l}"),
+                Ok(e) => crate::outln!("{}", e.line()),
+                Err(_) => crate::outln!("{l}"),
             },
         }
     }
@@ -210,7 +210,7 @@ pub fn events(settings: &WatchSettings, json: bool, args: &EventsArgs) -> Result
         && !m.is_empty()
     {
         let names: Vec<&String> = m.keys().collect();
-        println!(
+        crate::outln!(
             "volumes to check with `volguard verify` (events may have been lost): {}",
             names
                 .iter()
