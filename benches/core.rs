@@ -96,6 +96,12 @@ struct Args {
     /// Keep data, repositories, restores and logs after a successful run.
     #[arg(long)]
     keep: bool,
+    /// Full restores per tool, in rounds that alternate the tools' order. The table
+    /// shows each tool's median; every run is listed below it. One restore of the same
+    /// binary on the same data varied by ±15% from run to run, as much as the margins
+    /// the targets are judged on.
+    #[arg(long, default_value_t = 3)]
+    restore_runs: usize,
     /// Measure with a warm page cache (for non-root runs; not comparable).
     #[arg(long)]
     no_drop_caches: bool,
@@ -135,6 +141,7 @@ fn main() -> Result<()> {
         Backend::S3 => vec![ToolId::Volguard, ToolId::Restic],
     });
     ensure!(!requested.is_empty(), "--tools is empty");
+    ensure!(args.restore_runs >= 1, "--restore-runs must be at least 1");
     ensure!(
         args.backend == Backend::Local || !requested.contains(&ToolId::Tar),
         "tar|zstd has no S3 backend; leave it out of --tools with --backend s3 \
@@ -184,7 +191,7 @@ fn main() -> Result<()> {
     run_backups(Scenario::Changed, &mut tools, &runner, &mut results)?;
     eprintln!("[core] hashing the source tree for restore verification");
     let expected = Manifest::of(&ws.data)?;
-    run_restores(&mut tools, &runner, &ws, &expected, args.keep, &mut results)?;
+    run_restores(&mut tools, &runner, &ws, &expected, &args, &mut results)?;
 
     let ctx = report::Context {
         scale: args.scale,
@@ -225,7 +232,7 @@ impl Workspace {
     /// Creates a fresh `<workdir>/core`, clearing a previous run's leftovers,
     /// its buckets included.
     fn prepare(args: &Args, s3: Option<Rc<S3Server>>) -> Result<Self> {
-        check_location(&args.workdir, args.scale, s3.is_some())?;
+        check_location(args, s3.is_some())?;
         let root = args.workdir.join("core");
         if root.exists() {
             ensure!(
@@ -408,7 +415,8 @@ fn s3_server_version() -> String {
 /// The work directory must not be inside the source tree (cargo and editors
 /// would trip over GiBs of data), must not be tmpfs (reads would never be
 /// cold, and the data would eat RAM), and must have room.
-fn check_location(workdir: &Path, scale: f64, s3: bool) -> Result<()> {
+fn check_location(args: &Args, s3: bool) -> Result<()> {
+    let (workdir, scale) = (&args.workdir, args.scale);
     fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let workdir = workdir.canonicalize()?;
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize()?;
@@ -429,8 +437,11 @@ fn check_location(workdir: &Path, scale: f64, s3: bool) -> Result<()> {
     // Data ~2.2 GiB, two tar archives, two repositories and three restores (all
     // kept until the last is done) come to ~14 GiB at scale 1; keep some slack.
     // With S3 only the data, two restores and restic's cache are local (the
-    // server's disk is its own).
-    let gib_at_scale_1 = if s3 { 7.5 } else { 16.0 };
+    // server's disk is its own). Each further round of restores adds one
+    // restore (~2.2 GiB) per tool.
+    let tools = if s3 { 2.0 } else { 3.0 };
+    let more_rounds = args.restore_runs.saturating_sub(1) as f64;
+    let gib_at_scale_1 = if s3 { 7.5 } else { 16.0 } + more_rounds * tools * 2.2;
     let need = (gib_at_scale_1 * scale + 0.5) * 1024.0 * MIB;
     ensure!(
         free >= need,
@@ -523,6 +534,7 @@ fn run_backups(
             added: Some(after.saturating_sub(before)),
             reported_added: run.reported_added,
             reported_changed_files: run.reported_changed_files,
+            runs: vec![run.usage.wall.as_secs_f64()],
         };
         results.record(scenario, tool.id(), cell);
     }
@@ -530,47 +542,65 @@ fn run_backups(
 }
 
 /// Restores each tool's latest backup into an empty directory, then checks
-/// it against the source; a mismatch aborts the whole bench.
+/// it against the source; a mismatch aborts the whole bench. `--restore-runs`
+/// rounds, every other one in reverse tool order, so that neither tool always
+/// runs first.
 fn run_restores(
     tools: &mut [Box<dyn Tool>],
     runner: &Runner,
     ws: &Workspace,
     expected: &Manifest,
-    keep: bool,
+    args: &Args,
     results: &mut Results,
 ) -> Result<()> {
     // Removed only after the last restore: ext4 avoids reusing inodes freed in the last
     // minute or so, and creating 50k files right after deleting another tool's 50k made
     // the next restore pay for that search.
     let mut to_remove = Vec::new();
-    for tool in tools.iter_mut() {
-        let label = tool.id().label();
-        let target = ws.restores.join(label);
-        fs::create_dir_all(&target)?;
-        let run = tool
-            .restore(runner, &target)
-            .with_context(|| format!("{label}: restore"))?;
-        eprintln!(
-            "[core] {label} restore: {:.2} s, {:.0} MiB RSS; verifying",
-            run.usage.wall.as_secs_f64(),
-            run.usage.peak_rss as f64 / MIB
-        );
-        let restored = Manifest::of(&tool.restored_root(&target))?;
-        expected.check(&restored, label)?;
-        eprintln!(
-            "[core] {label} restore verified: {} files identical",
-            expected.files()
-        );
-        if !keep {
-            to_remove.push(target);
+    let mut runs: Vec<Vec<(f64, u64)>> = vec![Vec::new(); tools.len()];
+    for round in 0..args.restore_runs {
+        let mut order: Vec<usize> = (0..tools.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
+        for i in order {
+            let tool = &mut tools[i];
+            let label = tool.id().label();
+            let target = ws.restores.join(format!("{label}-{}", round + 1));
+            fs::create_dir_all(&target)?;
+            let run = tool
+                .restore(runner, &target)
+                .with_context(|| format!("{label}: restore"))?;
+            eprintln!(
+                "[core] {label} restore {}/{}: {:.2} s, {:.0} MiB RSS; verifying",
+                round + 1,
+                args.restore_runs,
+                run.usage.wall.as_secs_f64(),
+                run.usage.peak_rss as f64 / MIB
+            );
+            let restored = Manifest::of(&tool.restored_root(&target))?;
+            expected.check(&restored, label)?;
+            eprintln!(
+                "[core] {label} restore verified: {} files identical",
+                expected.files()
+            );
+            if !args.keep {
+                to_remove.push(target);
+            }
+            runs[i].push((run.usage.wall.as_secs_f64(), run.usage.peak_rss));
+        }
+    }
+    for (tool, runs) in tools.iter().zip(runs) {
+        let walls: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let cell = Cell {
-            wall_s: run.usage.wall.as_secs_f64(),
-            peak_rss: run.usage.peak_rss,
+            wall_s: median(&walls),
+            // The largest of its runs: "lower peak RSS" must hold for every one.
+            peak_rss: runs.iter().map(|r| r.1).max().unwrap_or(0),
             stored: None,
             added: None,
             reported_added: None,
             reported_changed_files: None,
+            runs: walls,
         };
         results.record(Scenario::Restore, tool.id(), cell);
     }
@@ -578,6 +608,18 @@ fn run_restores(
         fs::remove_dir_all(&target)?;
     }
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn machine_summary() -> String {
