@@ -177,6 +177,7 @@ fn write_runs(out: &mut String, results: &Results) {
             "{} runs (the table shows each tool's median):\n",
             scenario.label()
         );
+        let vg = results.get(scenario, ToolId::Volguard);
         for round in 0..rounds {
             let mut line = format!("- round {}:", round + 1);
             for (tool, cell) in &cells {
@@ -184,18 +185,20 @@ fn write_runs(out: &mut String, results: &Results) {
                     let _ = write!(line, " {} {s:.2} s;", tool.label());
                 }
             }
-            let vg = results.get(scenario, ToolId::Volguard);
             for (tool, cell) in cells.iter().filter(|(t, _)| *t != ToolId::Volguard) {
-                if let (Some(them), Some(us)) =
-                    (cell.runs.get(round), vg.and_then(|v| v.runs.get(round)))
-                {
-                    let _ = write!(line, " {}/volguard {:.2}x;", tool.label(), them / us);
+                if let Some(ratio) = vg.and_then(|vg| round_ratios(cell, vg).nth(round)) {
+                    let _ = write!(line, " {}/volguard {ratio:.2}x;", tool.label());
                 }
             }
             let _ = writeln!(out, "{}", line.trim_end_matches(';'));
         }
         out.push('\n');
     }
+}
+
+/// `them`'s wall time over volguard's, round by round.
+fn round_ratios<'a>(them: &'a Cell, vg: &'a Cell) -> impl Iterator<Item = f64> + 'a {
+    them.runs.iter().zip(&vg.runs).map(|(t, v)| t / v)
 }
 
 fn cell_columns(cell: Option<&Cell>) -> String {
@@ -281,8 +284,7 @@ fn speedup_at_least(results: &Results, scenario: Scenario, other: ToolId, want: 
         vg.wall_s
     );
     if vg.runs.len() > 1 {
-        let rounds: Vec<f64> = them.runs.iter().zip(&vg.runs).map(|(t, v)| t / v).collect();
-        let lowest = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+        let lowest = round_ratios(them, vg).fold(f64::INFINITY, f64::min);
         let _ = write!(
             detail,
             " (medians of {} runs; the lowest round {lowest:.2}x)",
