@@ -9,16 +9,17 @@
 //! byte-exact, and prints a Markdown table with a verdict per target.
 //!
 //! With `--backend s3`, volguard and restic back up to S3 instead of a local
-//! directory: each to a fresh bucket of its own on the SeaweedFS server that
-//! `tests/env/setup.sh` starts on 127.0.0.1 (endpoint and keys from
-//! `~/.cache/volguard/s3.env`), both over loopback in the same run. tar|zstd
-//! has no S3 backend and is left out. The same targets are judged; the
-//! buckets are deleted afterwards unless --keep.
+//! directory: each to a fresh bucket of its own on a SeaweedFS server that the
+//! run starts for itself on 127.0.0.1 and an empty directory (seaweed.rs says
+//! why), or on the server `--s3-env` names; both over loopback in the same
+//! run. tar|zstd has no S3 backend and is left out. The same targets are
+//! judged; the server and its data (or, with `--s3-env`, the buckets) are
+//! removed afterwards unless --keep.
 //!
 //! Run: `cargo bench --bench core [-- --scale 0.1 --tools tar,restic --keep]`
 //! or `cargo bench --bench core -- --backend s3` (needs root to drop the page
-//! cache, restic, zstd, tar and curl on PATH, and about 12 GiB free at scale
-//! 1.0 under --workdir, 5 GiB for S3 plus 3 GiB on the server). The table is
+//! cache, restic, zstd, tar and curl on PATH, and about 30 GiB free at scale
+//! 1.0 under --workdir, 20 GiB for S3 with the server's data). The table is
 //! printed and written to `<target>/bench-core.md` (`bench-core-s3.md`).
 
 // A bench's crate root resolves `mod x;` next to itself, so the pieces that
@@ -30,6 +31,8 @@ mod dataset;
 mod measure;
 #[path = "core/report.rs"]
 mod report;
+#[path = "core/seaweed.rs"]
+mod seaweed;
 #[path = "core/store.rs"]
 mod store;
 #[path = "core/text.rs"]
@@ -64,7 +67,7 @@ const BUCKETS_FILE: &str = "s3-buckets";
 enum Backend {
     /// Repositories in directories under --workdir.
     Local,
-    /// Repositories in fresh buckets on the loopback S3 server.
+    /// Repositories in fresh buckets on a loopback S3 server.
     S3,
 }
 
@@ -77,10 +80,11 @@ struct Args {
     /// Where volguard and restic store their repositories.
     #[arg(long, value_enum, default_value_t = Backend::Local)]
     backend: Backend,
-    /// S3 endpoint and credentials (KEY=value lines: AWS_ENDPOINT_URL,
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) for --backend
-    /// s3; the endpoint must be http://127.0.0.1:<port>.
-    /// [default: ~/.cache/volguard/s3.env, written by tests/env/setup.sh]
+    /// With --backend s3: use the S3 server these settings name (KEY=value
+    /// lines: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION; the endpoint must be http://127.0.0.1:<port>), e.g.
+    /// ~/.cache/volguard/s3.env for the test server of tests/env/setup.sh,
+    /// instead of a SeaweedFS started for this run on an empty directory.
     #[arg(long)]
     s3_env: Option<PathBuf>,
     /// Tools to compare, in run order
@@ -115,6 +119,8 @@ struct Args {
 struct Workspace {
     /// The S3 server of an S3 run, and the buckets made on it so far.
     s3: Option<(Rc<S3Server>, Vec<String>)>,
+    /// The server itself when this run started it (its buckets go with its directory).
+    private_s3: Option<seaweed::PrivateSeaweed>,
     root: PathBuf,
     data: PathBuf,
     stores: PathBuf,
@@ -154,17 +160,20 @@ fn main() -> Result<()> {
         }
     }
 
-    // The server is checked before minutes go into building volguard and
-    // generating data, so a server that is down fails the run at once.
-    let s3 = match args.backend {
-        Backend::Local => None,
-        Backend::S3 => {
-            let server = S3Server::load(&s3_env_file(&args)?)?;
+    // A server named by --s3-env is checked before minutes go into building
+    // volguard and generating data, so a server that is down fails at once.
+    let external_s3 = match (args.backend, &args.s3_env) {
+        (Backend::S3, Some(file)) => {
+            let server = S3Server::load(file)?;
             server.check()?;
             Some(Rc::new(server))
         }
+        _ => None,
     };
-    let mut ws = Workspace::prepare(&args, s3)?;
+    let mut ws = Workspace::prepare(&args, external_s3)?;
+    if args.backend == Backend::S3 && ws.s3.is_none() {
+        ws.start_private_s3()?;
+    }
     let runner = Runner::new(ws.logs.clone(), !args.no_drop_caches)?;
     let volguard = resolve_volguard(&args, &tool_ids)?;
     let mut tools = Vec::new();
@@ -197,11 +206,16 @@ fn main() -> Result<()> {
         scale: args.scale,
         backend: ws.s3.as_ref().map(|(server, _)| {
             format!(
-                "S3 on {endpoint} ({server}), over loopback on this machine; one fresh \
-                 bucket per tool: volguard `--repo s3://<bucket>/bench`, restic \
+                "S3 on {endpoint} ({server}{fresh}), over loopback on this machine; one \
+                 fresh bucket per tool: volguard `--repo s3://<bucket>/bench`, restic \
                  `-r s3:{endpoint}/<bucket>` (restic's cache dir local, not counted)",
                 endpoint = server.endpoint,
-                server = s3_server_version()
+                server = s3_server_version(),
+                fresh = if ws.private_s3.is_some() {
+                    ", started for this run on an empty directory"
+                } else {
+                    ", named by --s3-env"
+                },
             )
         }),
         dataset: data_desc,
@@ -232,7 +246,7 @@ impl Workspace {
     /// Creates a fresh `<workdir>/core`, clearing a previous run's leftovers,
     /// its buckets included.
     fn prepare(args: &Args, s3: Option<Rc<S3Server>>) -> Result<Self> {
-        check_location(args, s3.is_some())?;
+        check_location(args)?;
         let root = args.workdir.join("core");
         if root.exists() {
             ensure!(
@@ -247,6 +261,7 @@ impl Workspace {
         wait_for_freed_inodes(&args.workdir)?;
         let ws = Self {
             s3: s3.map(|server| (server, Vec::new())),
+            private_s3: None,
             data: root.join("data"),
             stores: root.join("stores"),
             restores: root.join("restores"),
@@ -260,8 +275,20 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// Starts the run's own SeaweedFS in `<root>/seaweed`.
+    fn start_private_s3(&mut self) -> Result<()> {
+        let (server, settings) = seaweed::PrivateSeaweed::start(
+            &self.root.join("seaweed"),
+            &self.logs.join("seaweedfs.log"),
+        )?;
+        self.s3 = Some((Rc::new(settings), Vec::new()));
+        self.private_s3 = Some(server);
+        Ok(())
+    }
+
     /// Where `tool` stores: `scratch` itself locally; in an S3 run a new
-    /// bucket, recorded in [`BUCKETS_FILE`] once it exists.
+    /// bucket, recorded in [`BUCKETS_FILE`] once it exists on a server this
+    /// run did not start.
     fn storage_for(&mut self, tool: ToolId, scratch: &Path) -> Result<Storage> {
         let Some((server, buckets)) = &mut self.s3 else {
             return Ok(Storage::Dir(scratch.to_path_buf()));
@@ -269,7 +296,9 @@ impl Workspace {
         let bucket = S3Server::fresh_bucket_name(tool.label());
         server.create_bucket(&bucket)?;
         buckets.push(bucket.clone());
-        fs::write(self.root.join(BUCKETS_FILE), buckets.join("\n") + "\n")?;
+        if self.private_s3.is_none() {
+            fs::write(self.root.join(BUCKETS_FILE), buckets.join("\n") + "\n")?;
+        }
         eprintln!("[core] {}: created bucket {bucket}", tool.label());
         Ok(Storage::Bucket {
             server: Rc::clone(server),
@@ -277,7 +306,19 @@ impl Workspace {
         })
     }
 
-    fn finish(self, keep: bool) -> Result<()> {
+    fn finish(mut self, keep: bool) -> Result<()> {
+        // Stopped before its directory is kept or removed.
+        if let Some(server) = self.private_s3.take() {
+            let dir = server.dir().to_path_buf();
+            drop(server);
+            if keep {
+                eprintln!(
+                    "[core] SeaweedFS stopped; its data is kept in {}",
+                    dir.display()
+                );
+            }
+            self.s3 = None;
+        }
         if keep {
             eprintln!(
                 "[core] kept data, repositories and logs in {}",
@@ -415,7 +456,7 @@ fn s3_server_version() -> String {
 /// The work directory must not be inside the source tree (cargo and editors
 /// would trip over GiBs of data), must not be tmpfs (reads would never be
 /// cold, and the data would eat RAM), and must have room.
-fn check_location(args: &Args, s3: bool) -> Result<()> {
+fn check_location(args: &Args) -> Result<()> {
     let (workdir, scale) = (&args.workdir, args.scale);
     fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let workdir = workdir.canonicalize()?;
@@ -436,12 +477,19 @@ fn check_location(args: &Args, s3: bool) -> Result<()> {
     let free = vfs.blocks_available() as f64 * vfs.fragment_size() as f64;
     // Data ~2.2 GiB, two tar archives, two repositories and three restores (all
     // kept until the last is done) come to ~14 GiB at scale 1; keep some slack.
-    // With S3 only the data, two restores and restic's cache are local (the
-    // server's disk is its own). Each further round of restores adds one
-    // restore (~2.2 GiB) per tool.
+    // With S3 only the data, two restores and restic's cache are local, plus
+    // the run's own server with both repositories (~3 GiB) unless --s3-env
+    // names another. Each further round of restores adds one restore
+    // (~2.2 GiB) per tool.
+    let s3 = args.backend == Backend::S3;
     let tools = if s3 { 2.0 } else { 3.0 };
     let more_rounds = args.restore_runs.saturating_sub(1) as f64;
-    let gib_at_scale_1 = if s3 { 7.5 } else { 16.0 } + more_rounds * tools * 2.2;
+    let base = match (s3, &args.s3_env) {
+        (false, _) => 16.0,
+        (true, Some(_)) => 7.5,
+        (true, None) => 10.5,
+    };
+    let gib_at_scale_1 = base + more_rounds * tools * 2.2;
     let need = (gib_at_scale_1 * scale + 0.5) * 1024.0 * MIB;
     ensure!(
         free >= need,

@@ -1,11 +1,12 @@
 //! Where each tool keeps its backups: a local directory, or a bucket of its
-//! own on the loopback S3 server that `tests/env/setup.sh` starts (SeaweedFS).
+//! own on a loopback S3 server (the bench's own SeaweedFS, see seaweed.rs, or
+//! the one `--s3-env` names).
 //!
 //! The S3 side talks to the server with `curl --aws-sigv4` rather than an SDK:
 //! the bench only needs four calls (CreateBucket, ListObjectsV2, DeleteObject,
 //! DeleteBucket), curl is already required by the test environment, and the
-//! bench binary stays small and quick to build. Endpoint and credentials come
-//! from the env file setup.sh writes; they are handed to the measured tools
+//! bench binary stays small and quick to build. Endpoint and credentials are
+//! handed to the measured tools
 //! through their own environment only, never set on this process.
 //!
 //! "Bytes stored" is the sum of the sizes of all objects in a tool's bucket
@@ -65,18 +66,34 @@ impl Storage {
     }
 }
 
-/// The S3 server named by the env file: loopback only.
+/// An S3 server on loopback, and the settings to reach it.
 pub struct S3Server {
     /// `http://127.0.0.1:<port>`, without a trailing slash.
     pub endpoint: String,
     access_key: String,
     secret_key: String,
     region: String,
-    /// The file the settings came from, for messages.
-    source: PathBuf,
+    /// Where the settings came from, for messages.
+    source: String,
 }
 
 impl S3Server {
+    pub fn new(
+        endpoint: String,
+        access_key: &str,
+        secret_key: &str,
+        region: &str,
+        source: String,
+    ) -> Self {
+        Self {
+            endpoint,
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+            region: region.into(),
+            source,
+        }
+    }
+
     /// Reads `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
     /// and `AWS_REGION` from `env_file` (`KEY=value` lines, as setup.sh
     /// writes them) and refuses any endpoint that is not plain HTTP on
@@ -105,13 +122,13 @@ impl S3Server {
              http://127.0.0.1:<port> so that nothing leaves this machine",
             env_file.display()
         );
-        Ok(Self {
+        Ok(Self::new(
             endpoint,
-            access_key: get("AWS_ACCESS_KEY_ID")?,
-            secret_key: get("AWS_SECRET_ACCESS_KEY")?,
-            region: get("AWS_REGION")?,
-            source: env_file.to_path_buf(),
-        })
+            &get("AWS_ACCESS_KEY_ID")?,
+            &get("AWS_SECRET_ACCESS_KEY")?,
+            &get("AWS_REGION")?,
+            env_file.display().to_string(),
+        ))
     }
 
     /// The environment of a measured tool: these settings, and nothing from
@@ -176,10 +193,9 @@ impl S3Server {
         let out = self.request("GET", &format!("{}/", self.endpoint))?;
         ensure!(
             out.status.success() && http_code(&out) == "200",
-            "the S3 server at {} does not accept the settings from {} (HTTP {}; \
-             `bash tests/env/setup.sh` starts SeaweedFS): {}",
+            "the S3 server at {} does not accept the settings from {} (HTTP {}): {}",
             self.endpoint,
-            self.source.display(),
+            self.source,
             http_code(&out),
             explain(&out)
         );

@@ -158,13 +158,15 @@ seaweed_answers() {
 # Starts weed mini in the background on an empty data directory. Test buckets are
 # disposable, and each one holds SeaweedFS volumes of its own: a data directory kept across
 # many runs runs out of writable volumes ("failed to find writable volumes", HTTP 500).
+# Telemetry is off: weed mini would otherwise report to telemetry.seaweedfs.com, and
+# nothing here may reach beyond the loopback range.
 start_weed_process() {
     rm -rf "${SEAWEED_DIR}"
     mkdir -p "${SEAWEED_DIR}"
     log "seaweedfs: starting weed mini (127.0.0.1 only) on an empty ${SEAWEED_DIR}, log: ${SEAWEED_LOG}"
     printf '\n=== %s setup.sh starting weed mini ===\n' "$(date -Is)" >>"${SEAWEED_LOG}"
     setsid "${VENV}/bin/weed" mini -dir="${SEAWEED_DIR}" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-        -s3.config="${SEAWEED_S3_CONFIG}" -admin.ui=false -webdav=false \
+        -s3.config="${SEAWEED_S3_CONFIG}" -admin.ui=false -webdav=false -master.telemetry=false \
         </dev/null >>"${SEAWEED_LOG}" 2>&1 &
     disown || true
 }
