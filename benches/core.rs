@@ -427,7 +427,8 @@ fn remove_stale_buckets(root: &Path, server: Option<&S3Server>, args: &Args) -> 
     Ok(())
 }
 
-/// `--s3-env`, else `~/.cache/volguard/s3.env` as tests/env/setup.sh writes it.
+/// Where the buckets an earlier `--s3-env` run recorded live: `--s3-env`, else
+/// `~/.cache/volguard/s3.env` as tests/env/setup.sh writes it.
 fn s3_env_file(args: &Args) -> Result<PathBuf> {
     if let Some(path) = &args.s3_env {
         return Ok(path.clone());
