@@ -307,24 +307,21 @@ impl Workspace {
     }
 
     fn finish(mut self, keep: bool) -> Result<()> {
-        // Stopped before its directory is kept or removed.
-        if let Some(server) = self.private_s3.take() {
-            let dir = server.dir().to_path_buf();
-            drop(server);
-            if keep {
-                eprintln!(
-                    "[core] SeaweedFS stopped; its data is kept in {}",
-                    dir.display()
-                );
+        // The run's own server is stopped before its directory is kept or removed; its
+        // buckets go with that directory. Buckets on a server --s3-env named are deleted.
+        let external_buckets = match self.private_s3.take() {
+            Some(server) => {
+                drop(server);
+                None
             }
-            self.s3 = None;
-        }
+            None => self.s3.as_ref(),
+        };
         if keep {
             eprintln!(
                 "[core] kept data, repositories and logs in {}",
                 self.root.display()
             );
-            if let Some((server, buckets)) = &self.s3 {
+            if let Some((server, buckets)) = external_buckets {
                 eprintln!(
                     "[core] kept buckets {} at {} (the next run deletes them)",
                     buckets.join(", "),
@@ -333,7 +330,7 @@ impl Workspace {
             }
             return Ok(());
         }
-        if let Some((server, buckets)) = &self.s3 {
+        if let Some((server, buckets)) = external_buckets {
             for bucket in buckets {
                 server.delete_bucket(bucket)?;
             }
@@ -440,10 +437,7 @@ fn s3_env_file(args: &Args) -> Result<PathBuf> {
 /// SeaweedFS's version when setup.sh's `weed` is where it installs it; the
 /// S3 API itself does not tell.
 fn s3_server_version() -> String {
-    let weed = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cache/volguard/venv/bin/weed"))
-        .filter(|path| path.is_file());
-    let version = weed.and_then(|weed| {
+    let version = seaweed::installed_weed().and_then(|weed| {
         let out = Command::new(weed).arg("version").output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.lines().next().map(|l| l.trim().to_owned())
@@ -577,7 +571,6 @@ fn run_backups(
             after.saturating_sub(before) as f64 / MIB
         );
         let cell = Cell {
-            wall_s: run.usage.wall.as_secs_f64(),
             peak_rss: run.usage.peak_rss,
             stored: Some(after),
             added: Some(after.saturating_sub(before)),
@@ -640,16 +633,14 @@ fn run_restores(
         }
     }
     for (tool, runs) in tools.iter().zip(runs) {
-        let walls: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let cell = Cell {
-            wall_s: median(&walls),
             // The largest of its runs: "lower peak RSS" must hold for every one.
             peak_rss: runs.iter().map(|r| r.1).max().unwrap_or(0),
             stored: None,
             added: None,
             reported_added: None,
             reported_changed_files: None,
-            runs: walls,
+            runs: runs.iter().map(|r| r.0).collect(),
         };
         results.record(Scenario::Restore, tool.id(), cell);
     }
@@ -657,18 +648,6 @@ fn run_restores(
         fs::remove_dir_all(&target)?;
     }
     Ok(())
-}
-
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn machine_summary() -> String {

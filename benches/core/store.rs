@@ -6,8 +6,8 @@
 //! the bench only needs four calls (CreateBucket, ListObjectsV2, DeleteObject,
 //! DeleteBucket), curl is already required by the test environment, and the
 //! bench binary stays small and quick to build. Endpoint and credentials are
-//! handed to the measured tools
-//! through their own environment only, never set on this process.
+//! handed to the measured tools through their own environment only, never set
+//! on this process.
 //!
 //! "Bytes stored" is the sum of the sizes of all objects in a tool's bucket
 //! as ListObjectsV2 reports them: what the server keeps (and a provider would
