@@ -74,6 +74,13 @@ start_dockerd() {
         # on its pid file, so wait for the existing one.
         log "dockerd: a dockerd process exists (pid $(pgrep -x dockerd | tr '\n' ' ')) but does not answer yet; waiting"
     else
+        # No dockerd runs, so a pid file left by one that was killed is stale. dockerd
+        # refuses to start while any process has the pid it names, and with pid_max at
+        # 32768 pids come round again: one of this script's own did (stop 24).
+        if [[ -e /var/run/docker.pid ]]; then
+            log "dockerd: removing the stale /var/run/docker.pid (pid $(cat /var/run/docker.pid 2>/dev/null), no dockerd runs)"
+            "${SUDO[@]}" rm -f /var/run/docker.pid
+        fi
         log "dockerd: starting (networking off), log: ${DOCKERD_LOG}"
         printf '\n=== %s setup.sh starting dockerd ===\n' "$(date -Is)" >>"${DOCKERD_LOG}"
         # Networking off exactly as DESIGN.md §7 says: no iptables, no bridge.
