@@ -272,6 +272,40 @@ impl Backend for Epochs {
         }))
     }
 
+    async fn get_range_streamed(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        sink: &mut (dyn for<'p> FnMut(&'p [u8]) + Send),
+    ) -> Result<(), BackendError> {
+        if is_root_kind(kind) {
+            return self
+                .root
+                .get_range_streamed(kind, name, offset, len, sink)
+                .await;
+        }
+        let mut last = None;
+        // A store without the object says so before any byte reaches `sink`.
+        for d in self.candidates(kind, name).await? {
+            match self
+                .sub(&d)
+                .await?
+                .get_range_streamed(kind, name, offset, len, sink)
+                .await
+            {
+                Err(e) if e.is_not_found() => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::NotFound {
+            kind,
+            name: name.to_string(),
+            location: self.location(),
+        }))
+    }
+
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError> {
         if is_root_kind(kind) {
             return self.root.list(kind).await;

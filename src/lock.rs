@@ -472,6 +472,18 @@ impl Backend for ObjectLock {
             .get_range_into(kind, name, offset, len, buf)
             .await
     }
+    async fn get_range_streamed(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        sink: &mut (dyn for<'p> FnMut(&'p [u8]) + Send),
+    ) -> std::result::Result<(), BackendError> {
+        self.inner
+            .get_range_streamed(kind, name, offset, len, sink)
+            .await
+    }
     async fn list(&self, kind: Kind) -> std::result::Result<Vec<ObjectInfo>, BackendError> {
         self.inner.list(kind).await
     }

@@ -687,9 +687,21 @@ pub fn to_dir(
         })();
         let res = res.and_then(|r| planner.flush().map(|()| r));
         drop(planner);
+        // A worker that panicked leaves files half written and unreported: the restore
+        // must not end as a success.
         let reports: Vec<RestoreReport> = handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
+            .map(|h| {
+                h.join().unwrap_or_else(|_| RestoreReport {
+                    errors: vec![
+                        "a restore worker stopped on an internal error (a bug: please report \
+                         it); files it was writing may be incomplete, so restore again into a \
+                         new directory"
+                            .into(),
+                    ],
+                    ..RestoreReport::default()
+                })
+            })
             .collect();
         (res, reports)
     });

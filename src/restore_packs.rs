@@ -6,10 +6,11 @@
 //! round trips (README, "Benchmarks"). Here the walk hands every file to a `Planner`, which
 //! gathers the blobs that a *window* of files needs (bounded in files and bytes, so memory
 //! stays flat however large the snapshot), groups them by pack, and cuts each pack's needs
-//! into a few large spans. Worker threads fetch one span with one read, open (decrypt,
-//! decompress, verify) each blob in it once, and write it with `pwrite` to every file
-//! offset that holds it. A file is finished (size check, `--verify`, metadata) by whoever
-//! writes its last blob, or removed and named when any of its blobs could not be restored.
+//! into a few large spans. Worker threads fetch one span with one read and, as its bytes
+//! arrive, open (decrypt, decompress, verify) each blob in it once and write it with
+//! `pwrite` to every file offset that holds it. A file is finished (size check,
+//! `--verify`, metadata) by whoever writes its last blob, or removed and named when any of
+//! its blobs could not be restored.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -43,8 +44,6 @@ const FIRST_WINDOW_DIVISOR: u32 = 64;
 /// Bytes between two needed blobs of a pack still fetched in the same read: skipping them
 /// would cost a request, which takes about as long as transferring this much.
 const MAX_GAP_BYTES: u64 = 1024 * 1024;
-/// Largest single read; each worker holds one span in memory while it writes it out.
-const MAX_SPAN_BYTES: u64 = 8 * 1024 * 1024;
 /// Windows handed to the workers and not yet restored, at most. The walk may run this far
 /// ahead of them, so it goes on creating files while they restore what it planned; memory
 /// stays bounded by this many windows' plans (a few MiB each).
@@ -371,8 +370,9 @@ impl<'a> Planner<'a> {
 }
 
 /// Cuts one pack's needs (sorted by offset) into spans: neighbours closer than
-/// `MAX_GAP_BYTES` share a read, no read passes `MAX_SPAN_BYTES` (one larger blob alone
-/// may).
+/// `MAX_GAP_BYTES` share a read. A span may be a whole pack: it is restored as it streams
+/// in, and a read that spans several of the server's chunks costs it less than one per
+/// chunk (SeaweedFS reads a whole 4 MiB chunk for any part of it).
 fn cut_spans(pack: PackId, needs: Vec<Need>, window: &Arc<WindowSlot>) -> Vec<Span> {
     let mut spans: Vec<Span> = Vec::new();
     for need in needs {
@@ -380,7 +380,6 @@ fn cut_spans(pack: PackId, needs: Vec<Need>, window: &Arc<WindowSlot>) -> Vec<Sp
         if let Some(s) = spans.last_mut()
             && need.offset >= s.end
             && need.offset - s.end <= MAX_GAP_BYTES
-            && end - s.start <= MAX_SPAN_BYTES
         {
             s.end = end;
             s.needs.push(need);
@@ -397,10 +396,13 @@ fn cut_spans(pack: PackId, needs: Vec<Need>, window: &Arc<WindowSlot>) -> Vec<Sp
     spans
 }
 
-/// Fetches one span (into `buf`, the worker's reused read buffer), opens each blob once
-/// and writes it to all its places. A blob that does not verify is read again on its own
-/// (a bit flipped on the way costs a read, not the files); what still fails fails exactly
-/// the files that hold it.
+/// Fetches one span and restores its blobs as their bytes arrive: each blob is opened
+/// (decrypted, decompressed, verified) once and written to all its places. `buf`, the
+/// worker's reused buffer, keeps only the bytes not written out yet, so a worker holds
+/// about one batch however large the span. A blob that does not verify is read again on
+/// its own (a bit flipped on the way costs a read, not the files); so is every blob the
+/// read did not reach (a truncated pack, a server gone). What still fails fails exactly the
+/// files that hold it.
 pub fn restore_span(
     repo: &Repository,
     index: &Index,
@@ -410,65 +412,41 @@ pub fn restore_span(
     buf: &mut Vec<u8>,
 ) {
     let name = span.pack.to_hex();
-    let fetched = repo.block_on(repo.backend().get_range_into(
+    let mut needs = span.needs.into_iter().peekable();
+    let mut again = Vec::new();
+    // `buf` holds the span's bytes from this pack offset on.
+    let mut base = span.start;
+    buf.clear();
+    let read = repo.block_on(repo.backend().get_range_streamed(
         Kind::Pack,
         &name,
         span.start,
         span.end - span.start,
-        buf,
+        &mut |piece| {
+            buf.extend_from_slice(piece);
+            let have = base + buf.len() as u64;
+            while let Some(need) = needs.next_if(|n| n.offset + n.length <= have) {
+                let at = (need.offset - base) as usize;
+                again.extend(writer.restore_blob(repo.keys(), need, buf, at, report));
+            }
+            // What neither the batch nor a blob to come needs is dropped once it is the
+            // larger part of the buffer: each byte is moved about once at most.
+            let next = needs
+                .peek()
+                .map_or(buf.len(), |n| ((n.offset - base) as usize).min(buf.len()));
+            let keep_from = writer.span_bytes_from().unwrap_or(next).min(next);
+            if keep_from >= buf.len() - keep_from {
+                buf.drain(..keep_from);
+                base += keep_from as u64;
+                writer.span_bytes_moved(keep_from);
+            }
+        },
     ));
-    // A span that cannot be read whole (a truncated or missing pack, a range the server
-    // refuses) may still hold blobs that can be: each is then read on its own, so only the
-    // files that hold a lost blob fail.
-    let fetched = fetched
-        .inspect_err(|e| tracing::debug!("{e}; reading the span's blobs one by one"))
-        .is_ok();
-    for need in span.needs {
-        // Written out before this blob is opened when it cannot join the batch, so the
-        // batch's buffer holds only what the batch writes.
-        if let Some(d) = need.dests.first()
-            && !writer.continues(d, u64::from(need.raw_length))
-        {
-            writer.flush(buf, report);
-        }
-        let in_span = fetched.then(|| {
-            let at = (need.offset - span.start) as usize;
-            buf.get_mut(at..at + need.length as usize)
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        format!("packs/{}", span.pack),
-                        "shorter than the index says",
-                    )
-                })
-                .and_then(|sealed| {
-                    let out = &mut writer.out;
-                    pack::open_blob_in_place(repo.keys(), sealed, &need.id, need.raw_length, out)
-                })
-                .map(|opened| match opened {
-                    pack::Opened::InPlace(r) => Held::Span(at + r.start..at + r.end),
-                    pack::Opened::Out(r) => Held::Out(r),
-                })
-        });
-        let opened = match in_span {
-            Some(Err(Error::Corrupt { object, reason })) => {
-                tracing::debug!("{object} did not verify ({reason}); reading it again");
-                writer.reread(repo, index, &need.id)
-            }
-            None => writer.reread(repo, index, &need.id),
-            Some(other) => other,
-        };
-        match opened {
-            Ok(mut held) => {
-                for d in need.dests {
-                    held = writer.add(buf, d, held, report);
-                }
-            }
-            Err(e) => {
-                for d in need.dests {
-                    done(&d, Err(clone_err(&e)), writer.verify, report, None);
-                }
-            }
-        }
+    if let Err(e) = read {
+        tracing::debug!("{e}; reading the rest of the span's blobs one by one");
+    }
+    for need in again.into_iter().chain(needs) {
+        writer.reread_blob(repo, index, need, buf, report);
     }
     writer.flush(buf, report);
     writer.open = None;
@@ -506,7 +484,7 @@ pub struct SpanWriter<'a> {
     progress: Option<&'a indicatif::ProgressBar>,
     /// The file written last, kept open: a pack's neighbouring blobs mostly belong to the
     /// same file (one handle at a time per worker, so open files stay few).
-    open: Option<(*const FileTarget, File)>,
+    open: Option<(Arc<FileTarget>, File)>,
     /// Places and bytes of the batch, in file order and touching each other.
     batch: Vec<(Dest, Held)>,
     batch_bytes: u64,
@@ -554,19 +532,123 @@ impl<'a> SpanWriter<'a> {
     }
 
     /// Opens `t` unless it is the file kept open.
-    fn ensure_open(&mut self, t: &FileTarget) -> Result<()> {
-        if !self.open.as_ref().is_some_and(|(p, _)| std::ptr::eq(*p, t)) {
-            self.open = Some((t as *const _, t.open()?));
+    fn ensure_open(&mut self, t: &Arc<FileTarget>) -> Result<()> {
+        if !self.open.as_ref().is_some_and(|(o, _)| Arc::ptr_eq(o, t)) {
+            self.open = Some((t.clone(), t.open()?));
         }
         Ok(())
     }
 
     /// The file kept open, if it is `t`'s.
-    fn open_for(&self, t: &FileTarget) -> Option<&File> {
+    fn open_for(&self, t: &Arc<FileTarget>) -> Option<&File> {
         self.open
             .as_ref()
-            .filter(|(p, _)| std::ptr::eq(*p, t))
+            .filter(|(o, _)| Arc::ptr_eq(o, t))
             .map(|(_, f)| f)
+    }
+
+    /// Opens one blob, sealed at `buf[at..]`, and writes it to all its places. Gives the
+    /// blob back when it does not verify, to be read again on its own once the span's
+    /// read is over (that read runs inside this one's `block_on`, which cannot nest).
+    fn restore_blob(
+        &mut self,
+        keys: &crate::crypto::Keys,
+        need: Need,
+        buf: &mut [u8],
+        at: usize,
+        report: &mut RestoreReport,
+    ) -> Option<Need> {
+        self.flush_unless_continued(&need, buf, report);
+        let opened = buf
+            .get_mut(at..at + need.length as usize)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    format!("packs/{}", need.pack),
+                    "shorter than the index says",
+                )
+            })
+            .and_then(|sealed| {
+                pack::open_blob_in_place(keys, sealed, &need.id, need.raw_length, &mut self.out)
+            });
+        match opened {
+            Ok(pack::Opened::InPlace(r)) => {
+                self.write_blob(buf, need, Ok(Held::Span(at + r.start..at + r.end)), report)
+            }
+            Ok(pack::Opened::Out(r)) => self.write_blob(buf, need, Ok(Held::Out(r)), report),
+            Err(Error::Corrupt { object, reason }) => {
+                tracing::debug!("{object} did not verify ({reason}); reading it again");
+                return Some(need);
+            }
+            Err(e) => self.write_blob(buf, need, Err(e), report),
+        }
+        None
+    }
+
+    /// Reads one blob on its own (one the span's read did not reach, or that did not
+    /// verify in it) and writes it to all its places.
+    fn reread_blob(
+        &mut self,
+        repo: &Repository,
+        index: &Index,
+        need: Need,
+        buf: &[u8],
+        report: &mut RestoreReport,
+    ) {
+        self.flush_unless_continued(&need, buf, report);
+        let held = self.reread(repo, index, &need.id);
+        self.write_blob(buf, need, held, report);
+    }
+
+    /// Writes the batch out first when `need`'s blob cannot join it, so `out` holds only
+    /// what the batch writes when the blob is opened onto its end.
+    fn flush_unless_continued(&mut self, need: &Need, buf: &[u8], report: &mut RestoreReport) {
+        if let Some(d) = need.dests.first()
+            && !self.continues(d, u64::from(need.raw_length))
+        {
+            self.flush(buf, report);
+        }
+    }
+
+    /// Writes an opened blob to every place of `need`, or fails them all.
+    fn write_blob(
+        &mut self,
+        buf: &[u8],
+        need: Need,
+        opened: Result<Held>,
+        report: &mut RestoreReport,
+    ) {
+        match opened {
+            Ok(mut held) => {
+                for d in need.dests {
+                    held = self.add(buf, d, held, report);
+                }
+            }
+            Err(e) => {
+                for d in need.dests {
+                    done(&d, Err(clone_err(&e)), self.verify, report, None);
+                }
+            }
+        }
+    }
+
+    /// Where the first span bytes the batch still has to write are in the span's buffer.
+    fn span_bytes_from(&self) -> Option<usize> {
+        self.batch
+            .iter()
+            .filter_map(|(_, h)| match h {
+                Held::Span(r) => Some(r.start),
+                Held::Out(_) => None,
+            })
+            .min()
+    }
+
+    /// The span's buffer lost its first `n` bytes: the batch's places in it move down.
+    fn span_bytes_moved(&mut self, n: usize) {
+        for (_, held) in &mut self.batch {
+            if let Held::Span(r) = held {
+                *r = r.start - n..r.end - n;
+            }
+        }
     }
 
     /// Writes `held` to `d`: joins the batch when it continues it, otherwise writes the
@@ -679,19 +761,20 @@ mod tests {
     }
 
     #[test]
-    fn spans_join_near_blobs_and_stop_at_gaps_and_size() {
+    fn spans_join_near_blobs_of_any_size_and_stop_at_gaps() {
         const MIB: u64 = 1024 * 1024;
         const G: u64 = MAX_GAP_BYTES;
         let (_full, free) = bounded(1);
         let window = Arc::new(WindowSlot(free));
+        let big_end = 400 + 2 * G + 20 * MIB;
         let spans = cut_spans(
             PackId([1; 32]),
             vec![
                 need(0, 100),
-                need(100 + G, 100),           // gap exactly the limit: same read
-                need(300 + 2 * G, 100),       // gap past it: a new read
-                need(2 * MIB + 500, 8 * MIB), // near, but the read would pass MAX_SPAN_BYTES
-                need(20 * MIB, 10 * MIB),     // larger than a span: alone
+                need(100 + G, 100),          // gap exactly the limit: same read
+                need(300 + 2 * G, 100),      // gap past it: a new read
+                need(400 + 2 * G, 20 * MIB), // right after: joins, however large
+                need(big_end + G + 1, 100),  // gap past the limit again
             ],
             &window,
         );
@@ -703,9 +786,8 @@ mod tests {
             got,
             vec![
                 (0, 200 + G, 2),
-                (300 + 2 * G, 400 + 2 * G, 1),
-                (2 * MIB + 500, 10 * MIB + 500, 1),
-                (20 * MIB, 30 * MIB, 1),
+                (300 + 2 * G, big_end, 2),
+                (big_end + G + 1, big_end + G + 101, 1),
             ]
         );
     }

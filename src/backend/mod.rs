@@ -205,6 +205,24 @@ pub trait Backend: Send + Sync {
         len: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), BackendError>;
+    /// `len` bytes at `offset`, handed to `sink` in order as they arrive, so that a reader
+    /// of large ranges holds only what it has not used yet (a restore reads whole packs
+    /// this way). Every byte reaches `sink` once, in order, also when a read cut off is
+    /// resumed; after an error, `sink` has seen some first part of the range.
+    async fn get_range_streamed(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        sink: &mut (dyn for<'p> FnMut(&'p [u8]) + Send),
+    ) -> Result<(), BackendError> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)
+            .await?;
+        sink(&buf);
+        Ok(())
+    }
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError>;
     async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError>;
     /// Creates whatever the store needs before the first object (directories, ...).

@@ -347,40 +347,72 @@ impl S3Backend {
         }
     }
 
+    /// GetObject of the whole object (`range` None) or of `(offset, len)`, into `sink`.
     async fn read(
         &self,
         op: &str,
         kind: Kind,
         name: &str,
         range: Option<(u64, u64)>,
-        sink: &mut Vec<u8>,
+        mut sink: Body<'_>,
     ) -> Result<(), BackendError> {
         let key = self.key(kind, name);
         // The SDK retries a request until its headers arrive; a body cut off after that
-        // (a reset, a dying proxy) is retried here, with the same backoff.
+        // (a reset, a dying proxy) is retried here, with the same backoff. A range is
+        // resumed after the bytes already handed on, so a consumer of pieces sees each byte
+        // once; a whole object starts again (it might have been replaced meanwhile).
+        let mut got = 0u64;
         let mut attempt = 1;
         loop {
             let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
             if let Some((offset, len)) = range {
-                req = req.range(format!("bytes={}-{}", offset, offset + len - 1));
+                req = req.range(format!("bytes={}-{}", offset + got, offset + len - 1));
             }
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) if is_missing_object(&e) => return Err(self.not_found(kind, name)),
                 Err(e) => return Err(self.fail(op, &key, &e)),
             };
-            sink.clear();
-            if let Some((_, len)) = range {
-                sink.reserve(len as usize);
+            // A server that ignores the range answers from byte 0: only a body that starts
+            // where asked is taken (a resumed read must not splice in the object's start).
+            if let Some((offset, _)) = range
+                && range_start(resp.content_range()) != Some(offset + got)
+                && !(resp.content_range().is_none() && offset + got == 0)
+            {
+                return Err(BackendError::Other(format!(
+                    "S3 {op} of s3://{}/{key} at {}: asked for bytes from {}, the answer has \
+                     Content-Range {:?}; the server does not serve ranges as S3 does",
+                    self.bucket,
+                    self.endpoint,
+                    offset + got,
+                    resp.content_range().unwrap_or("(none)"),
+                )));
+            }
+            if got == 0
+                && let Body::Collect(buf) = &mut sink
+            {
+                buf.clear();
+                if let Some((_, len)) = range {
+                    buf.reserve(len as usize);
+                }
             }
             let mut body = resp.body;
             let problem = loop {
                 match body.next().await {
-                    Some(Ok(piece)) => sink.extend_from_slice(&piece),
+                    Some(Ok(piece)) => {
+                        if range.is_some_and(|(_, len)| got + piece.len() as u64 > len) {
+                            break "more bytes arrived than were asked for".to_string();
+                        }
+                        got += piece.len() as u64;
+                        match &mut sink {
+                            Body::Collect(buf) => buf.extend_from_slice(&piece),
+                            Body::Each(f) => f(&piece),
+                        }
+                    }
                     Some(Err(e)) => break one_line(&DisplayErrorContext(&e).to_string()),
                     None => match range {
-                        Some((_, len)) if sink.len() as u64 != len => {
-                            break format!("{} bytes arrived, {len} were asked for", sink.len());
+                        Some((_, len)) if got != len => {
+                            break format!("{got} bytes arrived, {len} were asked for");
                         }
                         _ => return Ok(()),
                     },
@@ -393,12 +425,34 @@ impl S3Backend {
                     self.bucket, self.endpoint
                 )));
             }
+            if range.is_none() {
+                got = 0;
+            }
             let backoff = 100u64 << attempt.min(6);
             let jitter = rand::random::<u64>() % backoff;
             tokio::time::sleep(std::time::Duration::from_millis(backoff + jitter)).await;
             attempt += 1;
         }
     }
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
+fn range_start(header: Option<&str>) -> Option<u64> {
+    header?
+        .strip_prefix("bytes ")?
+        .split_once('-')?
+        .0
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Where `S3Backend::read` puts a body.
+enum Body<'a> {
+    /// Collected whole.
+    Collect(&'a mut Vec<u8>),
+    /// Handed on piece by piece as it arrives.
+    Each(&'a mut (dyn for<'p> FnMut(&'p [u8]) + Send)),
 }
 
 impl S3Backend {
@@ -795,7 +849,8 @@ impl Backend for S3Backend {
 
     async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError> {
         let mut data = Vec::new();
-        self.read("GetObject", kind, name, None, &mut data).await?;
+        self.read("GetObject", kind, name, None, Body::Collect(&mut data))
+            .await?;
         Ok(data)
     }
 
@@ -812,8 +867,35 @@ impl Backend for S3Backend {
             return Ok(());
         }
         // `read` refuses (after retries) a body of any other length than asked for.
-        self.read("GetObject (range)", kind, name, Some((offset, len)), buf)
-            .await
+        self.read(
+            "GetObject (range)",
+            kind,
+            name,
+            Some((offset, len)),
+            Body::Collect(buf),
+        )
+        .await
+    }
+
+    async fn get_range_streamed(
+        &self,
+        kind: Kind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        sink: &mut (dyn for<'p> FnMut(&'p [u8]) + Send),
+    ) -> Result<(), BackendError> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.read(
+            "GetObject (range)",
+            kind,
+            name,
+            Some((offset, len)),
+            Body::Each(sink),
+        )
+        .await
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -888,6 +970,16 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn range_start_reads_content_range_and_refuses_garbage() {
+        assert_eq!(range_start(Some("bytes 100-199/1000")), Some(100));
+        assert_eq!(range_start(Some("bytes 0-0/*")), Some(0));
+        for bad in ["", "bytes */1000", "items 1-2/3", "bytes x-2/3", "bytes 5"] {
+            assert_eq!(range_start(Some(bad)), None, "{bad:?}");
+        }
+        assert_eq!(range_start(None), None);
+    }
 
     #[test]
     fn one_line_joins_whitespace() {
