@@ -821,11 +821,14 @@ fn restore_entry(
             return Ok(());
         }
         check_content(index, node)?;
-        // O_EXCL + O_NOFOLLOW: never reuse or follow anything that is already there.
+        // O_EXCL + O_NOFOLLOW: never reuse or follow anything that is already there. The
+        // node's permission bits from the start (the owner's read and write added until
+        // the metadata is set), so most files need no chmod when finished. Not readable by
+        // others meanwhile: the directories stay 0700 until the end.
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(0o600 | (node.mode & 0o777))
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io("cannot create file", path, e))?;
@@ -838,16 +841,19 @@ fn restore_entry(
             file.set_len(node.size)
                 .map_err(|e| Error::io("cannot set the size of", path, e))?;
         }
+        if node.content.is_empty() {
+            let target = FileTarget::new(path.into(), display.into(), node.clone(), None);
+            restore_packs::finish(&target, planner.verify, report, Some(&file));
+            return Ok(());
+        }
+        let file = planner.fds.keep(file);
         let target = Arc::new(FileTarget::new(
             path.to_path_buf(),
             display.to_string(),
             node.clone(),
+            file,
         ));
-        if node.content.is_empty() {
-            restore_packs::finish(&target, planner.verify, report, Some(&file));
-        } else {
-            planner.add(&target)?;
-        }
+        planner.add(&target)?;
         return Ok(());
     }
     fsmeta::create_special(path, node).map_err(|e| Error::io("cannot create", path, e))?;

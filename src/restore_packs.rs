@@ -49,11 +49,52 @@ const MAX_GAP_BYTES: u64 = 1024 * 1024;
 /// stays bounded by this many windows' plans (a few MiB each).
 const MAX_WINDOWS_IN_FLIGHT: usize = 3;
 
+/// Descriptors of created files kept open for the workers, across all restores of this
+/// process (see `FdBudget`).
+static KEPT_FILES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many created files the walk may keep open for the workers: the descriptor it
+/// created a file with then serves every write, the size check and the metadata, instead
+/// of a second open by path per file (50k more `openat` calls in a restore of 50k small
+/// files). Half of the soft RLIMIT_NOFILE, after raising it to the hard limit as far as
+/// allowed, so sockets and pack files always have room.
+pub struct FdBudget(usize);
+
+impl FdBudget {
+    pub fn raise() -> FdBudget {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+                .map(|()| hard)
+                .unwrap_or(soft),
+            Ok((soft, _)) => soft,
+            Err(_) => 1024,
+        };
+        FdBudget((soft / 2).min(MAX_KEPT_FILES) as usize)
+    }
+
+    /// `file` to keep, if the budget has room for it.
+    pub fn keep(&self, file: File) -> Option<File> {
+        let kept = KEPT_FILES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.0).then_some(n + 1)
+            })
+            .is_ok();
+        kept.then_some(file)
+    }
+}
+
+/// At most this many kept descriptors: about the files of all windows in flight.
+const MAX_KEPT_FILES: u64 = (MAX_WINDOWS_IN_FLIGHT * MAX_WINDOW_FILES) as u64;
+
 /// One regular file being restored: created (empty) by the walk, filled by the workers.
 pub struct FileTarget {
     pub path: PathBuf,
     pub display: String,
     pub node: Node,
+    /// The descriptor the walk created the file with, if the budget let it keep it;
+    /// otherwise each worker opens the file by path.
+    file: Option<File>,
     /// Sparse files: the data offset at which each extent starts, to place a blob's bytes.
     extent_starts: Vec<u64>,
     /// Blob occurrences still to be written; whoever writes the last one finishes the file.
@@ -65,7 +106,7 @@ pub struct FileTarget {
 
 impl FileTarget {
     /// `node` must have passed `restore::check_content` (sizes and extents consistent).
-    pub fn new(path: PathBuf, display: String, node: Node) -> FileTarget {
+    pub fn new(path: PathBuf, display: String, node: Node, file: Option<File>) -> FileTarget {
         let extent_starts = node
             .extents
             .as_ref()
@@ -87,6 +128,7 @@ impl FileTarget {
             node,
             extent_starts,
             failed: Mutex::new(None),
+            file,
         }
     }
 
@@ -144,6 +186,14 @@ impl FileTarget {
     }
 }
 
+impl Drop for FileTarget {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            KEPT_FILES.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Marks one blob occurrence of `t` done; finishes or discards the file after its last.
 /// `file` is the file open for writing, if the caller has it.
 fn done(
@@ -176,7 +226,7 @@ pub fn finish(t: &FileTarget, verify: bool, report: &mut RestoreReport, file: Op
     let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
     let result = match failed {
         Some((_, e)) => Err(Error::Other(e)),
-        None => match file {
+        None => match file.or(t.file.as_ref()) {
             Some(file) => finish_file(t, verify, file),
             // Whoever finishes a file has just written it, so this is not reached today.
             None => t.open().and_then(|file| finish_file(t, verify, &file)),
@@ -271,6 +321,8 @@ pub struct Planner<'a> {
     bytes: u64,
     /// `--verify`: files finished by the walk itself (those without content) need it too.
     pub verify: bool,
+    /// Created files the walk may keep open for the workers.
+    pub fds: FdBudget,
     /// How much smaller than the largest the current window is (see FIRST_WINDOW_DIVISOR).
     divisor: u32,
     /// One message per window in flight (see MAX_WINDOWS_IN_FLIGHT): sending blocks the
@@ -282,6 +334,7 @@ impl<'a> Planner<'a> {
     pub fn new(index: &'a Index, tx: Sender<Span>, verify: bool) -> Self {
         Planner {
             verify,
+            fds: FdBudget::raise(),
             index,
             tx,
             needs: Vec::new(),
@@ -531,20 +584,22 @@ impl<'a> SpanWriter<'a> {
             && self.batch.len() < MAX_BATCH_PARTS
     }
 
-    /// Opens `t` unless it is the file kept open.
+    /// Opens `t` unless the walk kept it open or it is the file this worker has open.
     fn ensure_open(&mut self, t: &Arc<FileTarget>) -> Result<()> {
-        if !self.open.as_ref().is_some_and(|(o, _)| Arc::ptr_eq(o, t)) {
+        if t.file.is_none() && !self.open.as_ref().is_some_and(|(o, _)| Arc::ptr_eq(o, t)) {
             self.open = Some((t.clone(), t.open()?));
         }
         Ok(())
     }
 
-    /// The file kept open, if it is `t`'s.
-    fn open_for(&self, t: &Arc<FileTarget>) -> Option<&File> {
-        self.open
-            .as_ref()
-            .filter(|(o, _)| Arc::ptr_eq(o, t))
-            .map(|(_, f)| f)
+    /// `t` open for writing, if the walk kept it or this worker has it open.
+    fn open_for<'b>(&'b self, t: &'b Arc<FileTarget>) -> Option<&'b File> {
+        t.file.as_ref().or_else(|| {
+            self.open
+                .as_ref()
+                .filter(|(o, _)| Arc::ptr_eq(o, t))
+                .map(|(_, f)| f)
+        })
     }
 
     /// Opens one blob, sealed at `buf[at..]`, and writes it to all its places. Gives the
@@ -804,7 +859,7 @@ mod tests {
             extents: Some(vec![(2, 4), (20, 6), (30, 0), (38, 2)]),
             ..Node::default()
         };
-        let t = FileTarget::new(path.clone(), "f".into(), node);
+        let t = FileTarget::new(path.clone(), "f".into(), node, None);
         // Blobs of 3, 5 and 4 bytes: each straddles an extent boundary.
         t.place(&file, 0, b"abc").unwrap();
         t.place(&file, 3, b"defgh").unwrap();

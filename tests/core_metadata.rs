@@ -41,6 +41,62 @@ fn every_metadata_kind_round_trips_through_a_directory_restore() {
     assert!(diffs.is_empty(), "restore differs from source: {diffs:#?}");
 }
 
+/// The walk keeps the descriptors of the files it creates for the workers only while the
+/// budget (half of RLIMIT_NOFILE) has room; past it, workers open files by path. With 64
+/// descriptors and 400 files of several blobs each, most files take that way, and every
+/// mode must still come out as it went in (files are created with their permission bits
+/// plus the owner's read and write, and fixed when finished).
+#[test]
+fn a_restore_with_few_descriptors_opens_files_by_path_and_loses_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    let src = repo.path().join("src");
+    for d in 0..4 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100u64 {
+            let path = dir.join(format!("f{f}"));
+            // 1 to 300 KiB: from one blob to several.
+            let len = 1024 * (1 + (f * 37 + d) % 300) as usize;
+            std::fs::write(&path, pseudo_random(len, f * 10 + d)).unwrap();
+            let mode = [0o644, 0o400, 0o000, 0o755, 0o640][f as usize % 5];
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    repo.run_ok(&["backup", "--path", src.to_str().unwrap(), "--name", "many"]);
+    let dst = repo.path().join("dst");
+    let mut c = repo.cmd();
+    c.args([
+        "--json",
+        "restore",
+        "many",
+        "--target",
+        dst.to_str().unwrap(),
+        "--verify",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&c, &out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified_files"], 400, "{v}");
+    let diffs = treecmp::compare_trees(&src, &dst);
+    assert!(diffs.is_empty(), "restore differs from source: {diffs:#?}");
+}
+
 #[test]
 fn tar_export_carries_names_links_devices_and_xattrs() {
     let repo = TestRepo::new();
