@@ -56,9 +56,13 @@ static KEPT_FILES: AtomicUsize = AtomicUsize::new(0);
 /// How many created files the walk may keep open for the workers: the descriptor it
 /// created a file with then serves every write, the size check and the metadata, instead
 /// of a second open by path per file (50k more `openat` calls in a restore of 50k small
-/// files). Half of the soft RLIMIT_NOFILE, after raising it to the hard limit as far as
-/// allowed, so sockets and pack files always have room.
+/// files). The soft RLIMIT_NOFILE, raised to the hard limit, less `FDS_LEFT_FREE` for
+/// sockets and pack files.
 pub struct FdBudget(usize);
+
+/// Descriptors the budget leaves to everything else a restore opens (a few dozen at most:
+/// connections, pack files, trees being read).
+const FDS_LEFT_FREE: u64 = 1024;
 
 impl FdBudget {
     pub fn raise() -> FdBudget {
@@ -70,7 +74,8 @@ impl FdBudget {
             Ok((soft, _)) => soft,
             Err(_) => 1024,
         };
-        FdBudget((soft / 2).min(MAX_KEPT_FILES) as usize)
+        let room = soft.saturating_sub(FDS_LEFT_FREE).max(soft / 2);
+        FdBudget(room.min(MAX_KEPT_FILES) as usize)
     }
 
     /// `file` to keep, if the budget has room for it.

@@ -42,8 +42,8 @@ fn every_metadata_kind_round_trips_through_a_directory_restore() {
 }
 
 /// The walk keeps the descriptors of the files it creates for the workers only while the
-/// budget (half of RLIMIT_NOFILE) has room; past it, workers open files by path. With 64
-/// descriptors and 400 files of several blobs each, most files take that way, and every
+/// budget (at least half of RLIMIT_NOFILE) has room; past it, workers open files by path.
+/// With 64 descriptors and 400 files of several blobs each, most files take that way, and every
 /// mode must still come out as it went in (files are created with their permission bits
 /// plus the owner's read and write, and fixed when finished).
 #[test]
