@@ -111,6 +111,12 @@ fn write_context(out: &mut String, ctx: &Context) {
         "page cache NOT dropped (--no-drop-caches): warm-cache numbers, not comparable"
     };
     let _ = writeln!(out, "- {cache}");
+    let _ = writeln!(
+        out,
+        "- every timed command starts once the cores have been below 5% busy for 0.5 s \
+         (at most 60 s of waiting): work left over from the command before, such as the \
+         S3 server's after a backup, is not in the next one's time"
+    );
     for (tool, version) in &ctx.versions {
         let _ = writeln!(out, "- {}: {version}", tool.label());
     }
