@@ -174,7 +174,8 @@ fn main() -> Result<()> {
     if args.backend == Backend::S3 && ws.s3.is_none() {
         ws.start_private_s3()?;
     }
-    let runner = Runner::new(ws.logs.clone(), !args.no_drop_caches)?;
+    let mut runner = Runner::new(ws.logs.clone(), !args.no_drop_caches)?;
+    runner.server_pid = ws.private_s3.as_ref().map(seaweed::PrivateSeaweed::pid);
     let volguard = resolve_volguard(&args, &tool_ids)?;
     let mut tools = Vec::new();
     for &id in &tool_ids {
@@ -564,10 +565,9 @@ fn run_backups(
         };
         let after = tool.storage().bytes()?;
         eprintln!(
-            "[core] {label} {}: {:.2} s, {:.0} MiB RSS, +{:.1} MiB stored",
+            "[core] {label} {}: {}, +{:.1} MiB stored",
             scenario.label(),
-            run.usage.wall.as_secs_f64(),
-            run.usage.peak_rss as f64 / MIB,
+            run.usage,
             after.saturating_sub(before) as f64 / MIB
         );
         let cell = Cell {
@@ -614,11 +614,10 @@ fn run_restores(
                 .restore(runner, &target)
                 .with_context(|| format!("{label}: restore"))?;
             eprintln!(
-                "[core] {label} restore {}/{}: {:.2} s, {:.0} MiB RSS; verifying",
+                "[core] {label} restore {}/{}: {}; verifying",
                 round + 1,
                 args.restore_runs,
-                run.usage.wall.as_secs_f64(),
-                run.usage.peak_rss as f64 / MIB
+                run.usage
             );
             let restored = Manifest::of(&tool.restored_root(&target))?;
             expected.check(&restored, label)?;

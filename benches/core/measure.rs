@@ -31,6 +31,30 @@ pub struct Usage {
     pub wall: Duration,
     /// Peak resident set size in bytes; for a pipeline the larger of the two.
     pub peak_rss: u64,
+    /// User and system CPU time, summed over the pipeline: tells a slow run that worked
+    /// more from one that waited.
+    pub user: Duration,
+    pub sys: Duration,
+    /// CPU time the bench's own S3 server used meanwhile, when there is one.
+    pub server_cpu: Option<Duration>,
+}
+
+impl std::fmt::Display for Usage {
+    /// As the progress lines show it: wall time, CPU time, peak RSS.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s ({:.2} s user, {:.2} s system CPU), {:.0} MiB RSS",
+            self.wall.as_secs_f64(),
+            self.user.as_secs_f64(),
+            self.sys.as_secs_f64(),
+            self.peak_rss as f64 / (1024.0 * 1024.0)
+        )?;
+        match self.server_cpu {
+            Some(t) => write!(f, ", S3 server {:.2} s CPU", t.as_secs_f64()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Parent to launcher: argv of each process; each one's stdout feeds the
@@ -46,6 +70,8 @@ struct LaunchRequest {
 struct LaunchReport {
     wall_s: f64,
     peak_rss: Vec<u64>,
+    user_s: f64,
+    sys_s: f64,
     /// Raw wait statuses, as `ExitStatus::into_raw`.
     statuses: Vec<i32>,
 }
@@ -56,6 +82,8 @@ pub struct Runner {
     logs: PathBuf,
     drop_caches: bool,
     launcher: PathBuf,
+    /// The bench's own S3 server, whose CPU time each timed command reports.
+    pub server_pid: Option<u32>,
 }
 
 impl Runner {
@@ -64,6 +92,7 @@ impl Runner {
     pub fn new(logs: PathBuf, drop_caches: bool) -> Result<Self> {
         let launcher = std::env::current_exe().context("locating the bench executable")?;
         let runner = Self {
+            server_pid: None,
             logs,
             drop_caches,
             launcher,
@@ -131,6 +160,7 @@ impl Runner {
         }
         self.drop_page_cache()?;
         wait_until_quiet(name);
+        let server_before = self.server_pid.and_then(cpu_time);
         let status = launcher
             .status()
             .with_context(|| format!("running the launcher for {name}"))?;
@@ -145,6 +175,11 @@ impl Runner {
         Ok(Usage {
             wall: Duration::from_secs_f64(report.wall_s),
             peak_rss: report.peak_rss.iter().copied().max().unwrap_or(0),
+            user: Duration::from_secs_f64(report.user_s),
+            sys: Duration::from_secs_f64(report.sys_s),
+            server_cpu: server_before
+                .zip(self.server_pid.and_then(cpu_time))
+                .map(|(before, after)| after.saturating_sub(before)),
         })
     }
 
@@ -180,6 +215,19 @@ impl Runner {
         unsafe { libc::sync() };
         std::fs::write("/proc/sys/vm/drop_caches", "3").context("writing /proc/sys/vm/drop_caches")
     }
+}
+
+/// User plus system CPU time of process `pid` so far, from /proc.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 /// Share of all cores busy below which the machine counts as quiet.
@@ -273,14 +321,20 @@ pub fn launch(request: &OsString) -> Result<()> {
     let children = spawn_pipeline(&request.pipeline)?;
     let mut peak_rss = Vec::new();
     let mut statuses = Vec::new();
+    let (mut user_s, mut sys_s) = (0.0, 0.0);
     for child in &children {
-        let (status, rss) = wait_with_rusage(child)?;
-        peak_rss.push(rss);
+        let (status, usage) = wait_with_rusage(child)?;
+        peak_rss.push(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024);
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        user_s += secs(usage.ru_utime);
+        sys_s += secs(usage.ru_stime);
         statuses.push(status.into_raw());
     }
     let report = LaunchReport {
         wall_s: started.elapsed().as_secs_f64(),
         peak_rss,
+        user_s,
+        sys_s,
         statuses,
     };
     std::fs::write(&request.report, serde_json::to_vec(&report)?)
@@ -314,10 +368,10 @@ fn spawn_pipeline(pipeline: &[Vec<OsString>]) -> Result<Vec<Child>> {
     Ok(children)
 }
 
-/// Reaps `child` with wait4(2) to get its exit status and peak RSS. The
+/// Reaps `child` with wait4(2) to get its exit status and resource usage. The
 /// std `Child` is left unreaped in its own eyes, which is harmless: dropping
 /// it neither waits nor kills.
-fn wait_with_rusage(child: &Child) -> Result<(ExitStatus, u64)> {
+fn wait_with_rusage(child: &Child) -> Result<(ExitStatus, libc::rusage)> {
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain old data; all-zero is a valid value.
@@ -336,8 +390,7 @@ fn wait_with_rusage(child: &Child) -> Result<(ExitStatus, u64)> {
         );
     }
     // ru_maxrss is in KiB on Linux.
-    let peak_rss = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
-    Ok((ExitStatus::from_raw(status), peak_rss))
+    Ok((ExitStatus::from_raw(status), usage))
 }
 
 /// Total apparent size (sum of file lengths) of everything under `dir`.

@@ -117,6 +117,12 @@ impl PrivateSeaweed {
     }
 }
 
+impl PrivateSeaweed {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for PrivateSeaweed {
     /// SIGTERM, and SIGKILL if it has not exited in time: the run's directory (with the
     /// server's data in it) is removed after this.
