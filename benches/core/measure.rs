@@ -285,7 +285,9 @@ fn busy_share(window: Duration) -> Option<f64> {
     std::thread::sleep(window);
     let (t1, i1) = times()?;
     let total = t1.checked_sub(t0)?;
-    (total > 0).then(|| 1.0 - (i1 - i0) as f64 / total as f64)
+    // iowait may go backwards on a tickless kernel: a share outside 0..1 is clamped.
+    let idle = i1.saturating_sub(i0).min(total);
+    (total > 0).then(|| 1.0 - idle as f64 / total as f64)
 }
 
 fn argv(cmd: &Command) -> Result<Vec<OsString>> {
