@@ -81,6 +81,16 @@ start_dockerd() {
             log "dockerd: removing the stale /var/run/docker.pid (pid $(cat /var/run/docker.pid 2>/dev/null), no dockerd runs)"
             "${SUDO[@]}" rm -f /var/run/docker.pid
         fi
+        # dockerd reuses the containerd its pid file names if that pid is alive, whatever
+        # the process is: a stale file is removed unless it names a running containerd.
+        local cpid_file=/var/run/docker/containerd/containerd.pid cpid
+        if [[ -e "${cpid_file}" ]]; then
+            cpid="$(cat "${cpid_file}" 2>/dev/null || true)"
+            if [[ "$(cat "/proc/${cpid}/comm" 2>/dev/null || true)" != containerd ]]; then
+                log "dockerd: removing the stale ${cpid_file} (pid ${cpid} is not a containerd)"
+                "${SUDO[@]}" rm -f "${cpid_file}"
+            fi
+        fi
         log "dockerd: starting (networking off), log: ${DOCKERD_LOG}"
         printf '\n=== %s setup.sh starting dockerd ===\n' "$(date -Is)" >>"${DOCKERD_LOG}"
         # Networking off exactly as DESIGN.md §7 says: no iptables, no bridge.
