@@ -931,6 +931,13 @@ impl Watcher<'_> {
 
     fn lost(&mut self, volumes: &[String], reason: &str, sink: &mut dyn FnMut(Notice)) {
         let time = now();
+        // Recorded before it is said: whoever reads the warning finds the marks in place.
+        alerts::mark_for_verify(&self.opts.state_dir, volumes, reason, &time);
+        let line = serde_json::json!({
+            "time": time, "op": "events_lost", "reason": reason, "volumes": volumes,
+            "warning": true,
+        });
+        let _ = self.log.append(&line);
         tracing::warn!(
             "events may have been lost: {reason}; volumes marked for `volguard verify`: {}",
             if volumes.is_empty() {
@@ -939,12 +946,6 @@ impl Watcher<'_> {
                 volumes.join(", ")
             }
         );
-        alerts::mark_for_verify(&self.opts.state_dir, volumes, reason, &time);
-        let line = serde_json::json!({
-            "time": time, "op": "events_lost", "reason": reason, "volumes": volumes,
-            "warning": true,
-        });
-        let _ = self.log.append(&line);
         self.delivery.send(line.to_string().into_bytes());
         sink(Notice::Lost { volumes, reason });
     }
