@@ -356,6 +356,13 @@ impl S3Backend {
         range: Option<(u64, u64)>,
         mut sink: Body<'_>,
     ) -> Result<(), BackendError> {
+        if let Some((_, 0)) = range {
+            // An empty range is not a valid Range header; there is nothing to fetch.
+            if let Body::Collect(buf) = sink {
+                buf.clear();
+            }
+            return Ok(());
+        }
         let key = self.key(kind, name);
         // The SDK retries a request until its headers arrive; a body cut off after that
         // (a reset, a dying proxy) is retried here, with the same backoff. A range is
@@ -862,10 +869,6 @@ impl Backend for S3Backend {
         len: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), BackendError> {
-        buf.clear();
-        if len == 0 {
-            return Ok(());
-        }
         // `read` refuses (after retries) a body of any other length than asked for.
         self.read(
             "GetObject (range)",
@@ -885,9 +888,6 @@ impl Backend for S3Backend {
         len: u64,
         sink: &mut (dyn for<'p> FnMut(&'p [u8]) + Send),
     ) -> Result<(), BackendError> {
-        if len == 0 {
-            return Ok(());
-        }
         self.read(
             "GetObject (range)",
             kind,
