@@ -13,8 +13,8 @@ use volguard::error::{Error, exit};
 /// Fixing the mmap threshold also freezes the trim threshold at its 128 KiB default: a
 /// heap then gives memory back whenever that much is free at its top, and the HTTP read
 /// buffers of a few hundred KiB are faulted in again and again. A full S3 restore of the
-/// benchmark data took 54,000-63,000 page faults with 128 KiB and 32,000-35,000 with
-/// 8 MiB (peak RSS 106-110 against 112-115 MiB); a backup 81,000-84,000 against 53,000.
+/// benchmark data took 53,000-66,000 page faults with 128 KiB and 32,000-35,000 with
+/// 8 MiB (peak RSS 106-111 against 112-115 MiB); a backup 81,000-84,000 against 53,000.
 fn tune_allocator() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
     unsafe {

@@ -64,6 +64,9 @@ pub struct FdBudget(usize);
 /// connections, pack files, trees being read).
 const FDS_LEFT_FREE: u64 = 1024;
 
+/// At most this many kept descriptors: about the files of all windows in flight.
+const MAX_KEPT_FILES: u64 = (MAX_WINDOWS_IN_FLIGHT * MAX_WINDOW_FILES) as u64;
+
 impl FdBudget {
     pub fn raise() -> FdBudget {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -88,9 +91,6 @@ impl FdBudget {
         kept.then_some(file)
     }
 }
-
-/// At most this many kept descriptors: about the files of all windows in flight.
-const MAX_KEPT_FILES: u64 = (MAX_WINDOWS_IN_FLIGHT * MAX_WINDOW_FILES) as u64;
 
 /// One regular file being restored: created (empty) by the walk, filled by the workers.
 pub struct FileTarget {

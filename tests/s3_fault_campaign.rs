@@ -10,11 +10,11 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,12 +44,12 @@ const FAULTS: [Fault; 7] = [
 struct ProxyStats {
     requests: u64,
     faults: BTreeMap<Fault, u64>,
-    /// Ranged GETs forwarded, and the objects whose first one was cut in half (see
-    /// `Proxy::cut_first_ranged_get`).
+    /// Ranged GETs forwarded.
     ranged_gets: u64,
     /// Body bytes sent to the client in answer to ranged GETs.
     ranged_bytes: u64,
-    cut: std::collections::BTreeSet<String>,
+    /// Objects whose first ranged GET was cut in half (see `Proxy::cut_first_ranged_get`).
+    cut: BTreeSet<String>,
 }
 
 struct Proxy {
@@ -59,7 +59,7 @@ struct Proxy {
     per_mille: Arc<AtomicU64>,
     /// Whether the first ranged GET of each object has its body cut in half (a fault
     /// every reader meets exactly once per object).
-    cut_first_ranged_get: Arc<std::sync::atomic::AtomicBool>,
+    cut_first_ranged_get: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -68,7 +68,7 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let stats = Arc::new(Mutex::new(ProxyStats::default()));
         let per_mille = Arc::new(AtomicU64::new(0));
-        let cut_first_ranged_get = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut_first_ranged_get = Arc::new(AtomicBool::new(false));
         let (s, p, c) = (
             stats.clone(),
             per_mille.clone(),
@@ -89,9 +89,7 @@ impl Proxy {
             cut_first_ranged_get,
         }
     }
-}
 
-impl Proxy {
     /// The same repository as `direct` (same key, same bucket), reached through the proxy.
     fn repo_through(&self, direct: &TestRepo) -> TestRepo {
         let mut repo = TestRepo::new();
@@ -209,7 +207,7 @@ fn serve(
     upstream: &str,
     stats: &Mutex<ProxyStats>,
     per_mille: &AtomicU64,
-    cut_first_ranged_get: &std::sync::atomic::AtomicBool,
+    cut_first_ranged_get: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut from_client = BufReader::new(client.try_clone()?);
     let mut to_client = client;

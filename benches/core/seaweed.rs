@@ -115,9 +115,7 @@ impl PrivateSeaweed {
         );
         Ok((server, settings))
     }
-}
 
-impl PrivateSeaweed {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
