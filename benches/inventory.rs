@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::private_dockerd::PrivateDockerd;
 use common::{IMAGE, docker_status, volguard_bin};
-use volguard::inventory;
+use volguard::docker::inventory;
 
 const NAMED_VOLUMES: usize = 460;
 const CONTAINERS: usize = 200;

@@ -22,7 +22,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, Whence, fchown, fchownat, lseek, mkfifo};
 use xattr::FileExt;
 
-use crate::tree::{Node, NodeKind, Xattr};
+use crate::repo::format::tree::{Node, NodeKind, Xattr};
 
 /// Namespace of xattrs that belong to the running system's security modules (SELinux or
 /// Smack labels, IMA/EVM) rather than to the data. A restore sets the ones the snapshot

@@ -1,42 +1,28 @@
 //! volguard: encrypted, deduplicated, incremental backups of Docker volumes, read straight
-//! from Docker's on-disk state. See DESIGN.md for the data flow; each module names what it owns.
+//! from Docker's on-disk state. docs/design.md describes the layers; each module imports
+//! only from the layers below it.
 
+// Front ends.
 pub mod agent;
-pub mod backend;
-pub mod backup;
-pub mod bucket;
-pub mod check;
-pub mod chunk;
 pub mod cli;
-pub mod cmd;
+// Resolved settings and the configuration file.
 pub mod config;
-pub mod config_check;
-pub mod crypto;
-pub mod docker;
-pub mod drill;
-pub mod epochs;
-pub mod error;
-pub mod forget;
-pub mod fsmeta;
-pub mod generate;
-pub mod host_restore;
-pub mod ids;
-pub mod import;
-pub mod index;
-pub mod inflight;
-pub mod inventory;
-pub mod layer_backup;
-pub mod layer_diff;
-pub mod lock;
-pub mod output;
-pub mod pack;
-pub mod prune;
-pub mod repair;
-pub mod repo;
-pub mod restore;
-mod restore_packs;
-pub mod snapshot;
-pub mod tree;
-pub mod volume_diff;
+pub mod context;
+// Operations on a repository and the volume watcher.
+pub mod ops;
 pub mod watch;
-pub mod webhook;
+// The Docker host and file metadata.
+pub mod docker;
+pub mod fsmeta;
+// The repository and its storage.
+pub mod backend;
+pub mod repo;
+// Shared leaves.
+pub mod error;
+pub mod fmt;
+pub mod hooks;
+pub mod http;
+pub mod ids;
+pub mod output;
+pub mod paths;
+pub mod secrets;

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use volguard::backend::local::LocalBackend;
-use volguard::crypto::Secret;
 use volguard::ids::{BlobId, PackId, SnapshotId};
-use volguard::index::Index;
 use volguard::repo::Repository;
-use volguard::tree::NodeKind;
+use volguard::repo::format::crypto::Secret;
+use volguard::repo::format::index::Index;
+use volguard::repo::format::tree::NodeKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
@@ -67,7 +67,7 @@ fn backup(t: &TestRepo, dir: &Path, name: &str) -> String {
 fn open_lib(t: &TestRepo) -> Repository {
     let backend = Arc::new(LocalBackend::new(&t.repo));
     let secret =
-        Secret::KeyFile(volguard::config::read_secret_file(&t.key_file, "key file").unwrap());
+        Secret::KeyFile(volguard::secrets::read_secret_file(&t.key_file, "key file").unwrap());
     Repository::open(backend, &secret).unwrap()
 }
 

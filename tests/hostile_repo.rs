@@ -20,13 +20,13 @@ use std::sync::Arc;
 use common::*;
 use volguard::backend::local::LocalBackend;
 use volguard::backend::{Backend, Kind};
-use volguard::crypto::Secret;
 use volguard::ids::{BlobId, SnapshotId};
-use volguard::index::{IndexFile, IndexedPack};
-use volguard::pack::{BlobKind, PackBuilder};
 use volguard::repo::Repository;
-use volguard::snapshot::{Snapshot, Summary};
-use volguard::tree::{Node, NodeKind, Tree};
+use volguard::repo::format::crypto::Secret;
+use volguard::repo::format::index::{IndexFile, IndexedPack};
+use volguard::repo::format::pack::{BlobKind, PackBuilder};
+use volguard::repo::format::snapshot::{Snapshot, Summary};
+use volguard::repo::format::tree::{Node, NodeKind, Tree};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -368,7 +368,7 @@ fn tampering_without_the_key_is_refused_and_named() {
 struct Crafter {
     repo: Repository,
     pack: PackBuilder,
-    zstd: volguard::pack::BlobCompressor,
+    zstd: volguard::repo::format::pack::BlobCompressor,
 }
 
 impl Crafter {
@@ -376,13 +376,13 @@ impl Crafter {
         Crafter {
             repo: open_repo(repo),
             pack: PackBuilder::default(),
-            zstd: volguard::pack::BlobCompressor::new(3).unwrap(),
+            zstd: volguard::repo::format::pack::BlobCompressor::new(3).unwrap(),
         }
     }
 
     fn blob(&mut self, kind: BlobKind, raw: &[u8]) -> BlobId {
         let id = BlobId(self.repo.keys().id_of(raw));
-        let sealed = volguard::pack::seal_blob(self.repo.keys(), raw, &mut self.zstd);
+        let sealed = volguard::repo::format::pack::seal_blob(self.repo.keys(), raw, &mut self.zstd);
         self.pack.add(kind, id, &sealed, raw.len() as u32);
         id
     }

@@ -151,7 +151,7 @@ fn hooks_get_no_secrets_in_their_environment() {
         ]
     };
     // The agent's consistency hooks (pre/post).
-    volguard::agent::consistency::run_hook(
+    volguard::hooks::run_hook(
         &sh(&dump("consistency")),
         "pre",
         "vol",

@@ -6,11 +6,9 @@
 //! the running one kept); SIGTERM lets a running job finish for `shutdown_timeout`, then
 //! abandons it, which is safe because a snapshot is written last.
 
-pub mod config;
 pub mod consistency;
 pub mod metrics;
 pub mod notify;
-pub mod schedule;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -19,17 +17,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use self::config::{AgentSettings, Consistency};
 use self::consistency::{Freeze, Stopped};
 use self::metrics::Metrics;
 use self::notify::Notifier;
-use self::schedule::{SCHEDULE_LABEL, Schedule};
 use self::status::{AgentStatus, JobStatus, VolumeStatus};
-use crate::cmd::{Ctx, Globals};
+use crate::config::agent::{AgentSettings, Consistency};
+use crate::config::schedule::{SCHEDULE_LABEL, Schedule};
+use crate::context::{Ctx, Globals};
 use crate::docker::{self, containers};
 use crate::error::{Error, Result, exit};
 use crate::repo::Repository;
-use crate::{backup, check, drill, forget, prune};
+use crate::{ops::backup, ops::check, ops::drill, ops::forget, ops::prune};
 
 /// The label (on a volume or a container mounting it) that picks the consistency mode.
 pub const CONSISTENCY_LABEL: &str = "volguard.consistency";
@@ -221,7 +219,7 @@ fn start_watcher(
     }
     let opts = crate::watch::WatchOptions {
         docker_root: loaded.ctx.docker_root.clone(),
-        state_dir: crate::config::state_dir(),
+        state_dir: crate::paths::state_dir(),
         settings: loaded.ctx.file.watch.clone(),
         volguard_args: g.child_args(),
     };
@@ -417,7 +415,7 @@ impl Agent {
     }
 
     fn volume_due(&self, v: &VolState) -> Option<f64> {
-        schedule::next_run(
+        crate::config::schedule::next_run(
             v.schedule,
             v.last_success,
             v.last_failure,
@@ -428,7 +426,7 @@ impl Agent {
 
     fn job_due(&self, m: Maintenance, settings: &AgentSettings) -> Option<f64> {
         let st = self.jobs.get(&m)?;
-        schedule::next_run(
+        crate::config::schedule::next_run(
             m.schedule(settings),
             st.figures.last_success_time,
             st.last_failure,
@@ -531,8 +529,8 @@ impl Agent {
                         tracing::info!(
                             "backup of {v} done in {seconds:.1}s: snapshot {}, {} read, {} added{}",
                             r.snapshot_id.short(),
-                            crate::cmd::human_bytes(r.summary.bytes_read),
-                            crate::cmd::human_bytes(r.summary.bytes_added),
+                            crate::fmt::human_bytes(r.summary.bytes_read),
+                            crate::fmt::human_bytes(r.summary.bytes_added),
                             if r.summary.errors.is_empty() {
                                 String::new()
                             } else {
@@ -608,7 +606,7 @@ impl Agent {
                     "event": "job_failed", "host": loaded.ctx.host,
                     "time": crate::repo::Repository::now(), "message": f,
                 });
-                if let Err(e) = crate::webhook::post_json(url, &body) {
+                if let Err(e) = crate::http::post_json(url, &body) {
                     tracing::warn!("{e}");
                 }
             }
@@ -799,14 +797,14 @@ fn backup_volume(
     volume: &str,
     mode: Consistency,
 ) -> Result<backup::Report> {
-    let sources = crate::cmd::volume_sources(ctx, &[volume.to_string()], None)?;
+    let sources = crate::cli::handlers::volume_sources(ctx, &[volume.to_string()], None)?;
     let source = sources
         .into_iter()
         .next()
         .ok_or_else(|| Error::Other(format!("volume {volume:?} has nothing to back up")))?;
     let hooks = settings.volume(volume);
     if let Some(h) = hooks {
-        consistency::run_hook(
+        crate::hooks::run_hook(
             &h.pre,
             "pre",
             volume,
@@ -818,7 +816,7 @@ fn backup_volume(
     let result = read_consistently(ctx, repo, settings, &source, mode);
     if let Some(h) = hooks {
         let outcome = if result.is_ok() { "ok" } else { "failed" };
-        if let Err(e) = consistency::run_hook(
+        if let Err(e) = crate::hooks::run_hook(
             &h.post,
             "post",
             volume,
@@ -859,14 +857,14 @@ fn read_consistently(
             drop(guard);
         })
         .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
-    let (mut index, marked) = crate::cmd::load_index_for_write(repo)?;
+    let (mut index, marked) = crate::cli::handlers::load_index_for_write(repo)?;
     let opts = backup::Options {
         tags: Vec::new(),
         host: ctx.host.clone(),
         time: None,
         progress: None,
         marked,
-        wait_for_others: crate::inflight::DEFAULT_WAIT,
+        wait_for_others: crate::repo::inflight::DEFAULT_WAIT,
         read_done: Some(read_tx),
     };
     let result = backup::run(repo, &mut index, source, &opts);
@@ -919,11 +917,11 @@ fn maintenance(
             volumes.dedup();
             let opts = drill::Options {
                 sample_percent: settings.drill_sample_percent,
-                scratch_parent: crate::config::state_dir().join("drill-scratch"),
+                scratch_parent: crate::paths::state_dir().join("drill-scratch"),
             };
             std::fs::create_dir_all(&opts.scratch_parent)
                 .map_err(|e| Error::io("cannot create", &opts.scratch_parent, e))?;
-            let log = crate::config::state_dir().join("drills.jsonl");
+            let log = crate::paths::state_dir().join("drills.jsonl");
             let mut failed = Vec::new();
             for v in &volumes {
                 let d = drill::run(repo, &index, v, &ctx.host, &opts)?;

@@ -71,7 +71,7 @@ impl AgentStatus {
 }
 
 pub fn path() -> PathBuf {
-    crate::config::state_dir().join("agent-status.json")
+    crate::paths::state_dir().join("agent-status.json")
 }
 
 /// Writes the status atomically (temp file + rename), so a reader never sees half of it.
@@ -103,7 +103,7 @@ pub fn read(path: &Path) -> Result<Option<AgentStatus>, String> {
 /// Unix time as RFC 3339, for people.
 pub fn when(t: Option<f64>) -> String {
     t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
-        .map(crate::repo::format_time)
+        .map(crate::fmt::format_time)
         .map(|s| format!("{}Z", &s[..19]))
         .unwrap_or_else(|| "-".into())
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::snapshot::VolumeMeta;
+use crate::repo::format::snapshot::VolumeMeta;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// How long one request may take beyond any wait it asks for; dockerd answers these in

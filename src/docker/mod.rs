@@ -6,6 +6,8 @@
 pub mod api;
 pub mod bolt;
 pub mod containers;
+pub mod inventory;
+pub mod layer_diff;
 pub mod layers;
 mod names;
 pub mod volumes;
@@ -115,7 +117,7 @@ pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
 pub struct VolumeSource {
     /// The directory holding the volume's files right now.
     pub data: PathBuf,
-    pub meta: crate::snapshot::VolumeMeta,
+    pub meta: crate::repo::format::snapshot::VolumeMeta,
 }
 
 /// Why a volume's files cannot be read on this host right now: `_data` is an empty
@@ -137,12 +139,12 @@ pub fn volume_source(
     let meta = defs
         .iter()
         .find(|d| d.name == name)
-        .map(|d| crate::snapshot::VolumeMeta {
+        .map(|d| crate::repo::format::snapshot::VolumeMeta {
             driver: d.driver.clone(),
             labels: d.labels.clone(),
             options: d.options.clone(),
         })
-        .unwrap_or_else(|| crate::snapshot::VolumeMeta {
+        .unwrap_or_else(|| crate::repo::format::snapshot::VolumeMeta {
             driver: "local".into(),
             ..Default::default()
         });

@@ -105,7 +105,7 @@ impl WatchSettings {
     /// Refuses settings that cannot work, naming the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(w) = &self.webhook {
-            crate::webhook::parse_http_url(w).map_err(|e| format!("[watch] webhook {w:?}: {e}"))?;
+            crate::http::parse_http_url(w).map_err(|e| format!("[watch] webhook {w:?}: {e}"))?;
         }
         if let Some(c) = &self.command
             && c.is_empty()
@@ -132,7 +132,7 @@ impl WatchSettings {
 pub fn run_command(cmd: &[String], body: &[u8]) -> Result<(), String> {
     let (prog, args) = cmd.split_first().ok_or("empty command")?;
     let mut command = std::process::Command::new(prog);
-    for k in crate::agent::consistency::SECRET_ENV {
+    for k in crate::hooks::SECRET_ENV {
         command.env_remove(k);
     }
     let mut child = command
@@ -346,7 +346,7 @@ impl Delivery {
             .spawn(move || {
                 for body in rx {
                     if let Some(url) = &webhook
-                        && let Err(e) = crate::webhook::post(url, &body, WEBHOOK_TIMEOUT)
+                        && let Err(e) = crate::http::post(url, &body, WEBHOOK_TIMEOUT)
                     {
                         tracing::error!("webhook {url}: {e}; the warning is in the event log");
                     }

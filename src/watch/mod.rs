@@ -19,7 +19,6 @@
 
 pub mod alerts;
 pub mod attribution;
-pub mod command;
 pub mod fanotify;
 mod forensic;
 
@@ -218,7 +217,7 @@ pub enum Notice<'a> {
 }
 
 fn now() -> String {
-    crate::repo::format_time(time::OffsetDateTime::now_utc())
+    crate::fmt::format_time(time::OffsetDateTime::now_utc())
 }
 
 /// Magic numbers of filesystems worth naming in "not watched" reasons.

@@ -5,21 +5,21 @@
 
 pub mod docker;
 
-#[path = "../../../src/crypto.rs"]
+#[path = "../../../src/repo/format/crypto.rs"]
 pub mod crypto;
 #[path = "../../../src/error.rs"]
 pub mod error;
 #[path = "../../../src/ids.rs"]
 pub mod ids;
-#[path = "../../../src/import.rs"]
+#[path = "../../../src/ops/import.rs"]
 pub mod import;
-#[path = "../../../src/index.rs"]
+#[path = "../../../src/repo/format/index.rs"]
 pub mod index;
-#[path = "../../../src/pack.rs"]
+#[path = "../../../src/repo/format/pack.rs"]
 pub mod pack;
-#[path = "../../../src/snapshot.rs"]
+#[path = "../../../src/repo/format/snapshot.rs"]
 pub mod snapshot;
-#[path = "../../../src/tree.rs"]
+#[path = "../../../src/repo/format/tree.rs"]
 pub mod tree;
 
 // Declared here rather than inside `mod watch { }`: a path attribute there is taken
@@ -28,6 +28,13 @@ pub mod tree;
 pub mod fanotify;
 pub mod watch {
     pub use super::fanotify;
+}
+
+/// The module paths the compiled files name each other by (`crate::repo::format::pack`).
+pub mod repo {
+    pub mod format {
+        pub use crate::{crypto, index, pack, snapshot, tree};
+    }
 }
 
 /// The fixed key the targets seal their inputs with, so the parsers behind decryption are
