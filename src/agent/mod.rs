@@ -797,7 +797,7 @@ fn backup_volume(
     volume: &str,
     mode: Consistency,
 ) -> Result<backup::Report> {
-    let sources = crate::cli::handlers::volume_sources(ctx, &[volume.to_string()], None)?;
+    let sources = backup::volume_sources(&ctx.docker_root, &[volume.to_string()], None)?;
     let source = sources
         .into_iter()
         .next()
@@ -857,7 +857,7 @@ fn read_consistently(
             drop(guard);
         })
         .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
-    let (mut index, marked) = crate::cli::handlers::load_index_for_write(repo)?;
+    let (mut index, marked) = prune::load_index_for_write(repo)?;
     let opts = backup::Options {
         tags: Vec::new(),
         host: ctx.host.clone(),

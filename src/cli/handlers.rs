@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::backend::LockMode;
 use crate::cli::{
     BackupArgs, CheckArgs, Cli, Command, DiffArgs, DrillArgs, ExportArgs, ForgetArgs, ImportArgs,
     InitArgs, InventoryArgs, LayerDiffArgs, PruneArgs, RepairArgs, RestoreArgs, SnapshotsArgs,
@@ -20,7 +21,8 @@ use crate::ops::forget::{self, KeepPolicy};
 use crate::ops::restore::{Filter, RestoreOptions};
 use crate::repo::format::crypto::Secret;
 use crate::repo::format::index::Index;
-use crate::repo::{self, Location, Repository};
+use crate::repo::retention::RetentionConfig;
+use crate::repo::{self, Repository};
 use crate::{
     docker, docker::inventory, docker::layer_diff, ops::backup, ops::backup::layers, ops::check,
     ops::drill, ops::import, ops::prune, ops::restore, ops::restore::host,
@@ -73,7 +75,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             globals.child_args(),
         ),
         Command::Events(a) => crate::cli::watch::events(&ctx.file.watch, ctx.json, &a),
-        Command::Bucket(a) => bucket_cmd(&ctx, &a),
+        Command::Bucket(a) => crate::cli::bucket::bucket_cmd(&ctx, &a),
     }
 }
 
@@ -82,7 +84,7 @@ fn print_json(v: &serde_json::Value) {
 }
 
 fn init(ctx: &Ctx, a: &InitArgs) -> Result<i32> {
-    let retention = crate::repo::retention::retention_from_args(a, &ctx.location)?;
+    let retention = retention_from_args(a, &ctx.location)?;
     let backend = ctx.backend()?;
     let secret = match ctx.secret()? {
         Some(s) => s,
@@ -139,7 +141,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     } else if a.all {
         skipped_volumes = docker::volumes_without_data(&ctx.docker_root);
         let names = docker::list_volumes(&ctx.docker_root)?;
-        volume_sources(ctx, &names, Some(&mut not_mounted))?
+        backup::volume_sources(&ctx.docker_root, &names, Some(&mut not_mounted))?
     } else if a.volumes.is_empty() {
         if a.containers.is_empty() && !a.all_writable_layers {
             return Err(Error::Usage(
@@ -148,7 +150,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         }
         Vec::new()
     } else {
-        volume_sources(ctx, &a.volumes, None)?
+        backup::volume_sources(&ctx.docker_root, &a.volumes, None)?
     };
     let mut sources = sources;
     let layers = layers::sources(&ctx.docker_root, &a.containers, a.all_writable_layers)
@@ -156,7 +158,7 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     sources.extend(layers.sources);
     let repo = ctx.open()?;
     repo.enter_epoch(time.map_or_else(std::time::SystemTime::now, Into::into));
-    let (mut index, marked) = load_index_for_write(&repo)?;
+    let (mut index, marked) = prune::load_index_for_write(&repo)?;
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for src in &sources {
@@ -241,39 +243,6 @@ fn backup_cmd(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     })
 }
 
-/// Backup sources for Docker volumes, each with its definition from metadata.db. A volume
-/// whose data is mounted elsewhere only while in use is skipped with the reason under
-/// `--all` (`skipped` is given), and an error when it was named.
-pub(crate) fn volume_sources(
-    ctx: &Ctx,
-    names: &[String],
-    mut skipped: Option<&mut Vec<String>>,
-) -> Result<Vec<backup::Source>> {
-    let (defs, warnings) = docker::volumes::read_volumes(&ctx.docker_root);
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    let mut out = Vec::new();
-    for name in names {
-        match docker::volume_source(&ctx.docker_root, name, &defs)? {
-            Ok(src) => out.push(backup::Source {
-                name: name.clone(),
-                path: src.data,
-                origin: None,
-                docker_volume: Some(src.meta),
-            }),
-            Err(docker::NotMounted(why)) => match skipped.as_deref_mut() {
-                Some(list) => list.push(why),
-                None => return Err(Error::Other(why)),
-            },
-        }
-    }
-    Ok(out)
-}
-
-/// Loads the index a backup deduplicates against: without the packs prune has marked
-/// (the marks are read first, see `prune`), and with the packs an interrupted run left
-/// behind, so they are reused.
 /// One backup's report as `backup --json` and `import --json` print it.
 fn report_json(r: &backup::Report) -> serde_json::Value {
     let s = &r.summary;
@@ -336,7 +305,7 @@ fn import_cmd(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
     // Epochs mode: imported snapshots keep their old times but their objects are created
     // now, so they belong to the current epoch.
     repo.enter_epoch(std::time::SystemTime::now());
-    let (mut index, marked) = load_index_for_write(&repo)?;
+    let (mut index, marked) = prune::load_index_for_write(&repo)?;
     let scratch_parent = a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut done = Vec::new();
     for ar in &archives {
@@ -467,40 +436,6 @@ fn drill_cmd(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
     })
 }
 
-pub(crate) fn load_index_for_write(repo: &Repository) -> Result<(Index, prune::MarkedPacks)> {
-    repo.verify_retention()?;
-    let marked = prune::MarkedPacks::load(repo)?;
-    let (mut index, problems) = repo.load_index_except(&marked.packs)?;
-    for p in problems {
-        tracing::warn!("{p}");
-    }
-    let recovered = repo.recover_unindexed(&mut index, &marked.packs)?;
-    if recovered > 0 {
-        tracing::info!(
-            "indexed {recovered} pack(s) left by an interrupted backup; their data is reused"
-        );
-    }
-    Ok((index, marked))
-}
-
-fn load_index_for_read(repo: &Repository) -> Result<Index> {
-    let (mut index, problems) = repo.load_index()?;
-    for p in problems {
-        tracing::warn!("{p}");
-    }
-    // Packs no readable index file lists (a damaged index file) are still read.
-    let marked = prune::MarkedPacks::load(repo)?;
-    let (recovered, _) = repo.index_unlisted_packs(&mut index, &marked.packs)?;
-    if !recovered.is_empty() {
-        tracing::info!(
-            "{} pack(s) are in no readable index file; read from their own trailers \
-             (`volguard repair` rebuilds the index)",
-            recovered.len()
-        );
-    }
-    Ok(index)
-}
-
 fn snapshots(ctx: &Ctx, a: &SnapshotsArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let (all, problems) = repo.list_snapshots()?;
@@ -583,7 +518,7 @@ fn restore_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
     // The snapshot first: in epochs mode finding it focuses reads on its epoch.
     let (sid, snap) = repo.find_snapshot(a.volume.as_deref().unwrap_or_default(), &a.snapshot)?;
-    let index = load_index_for_read(&repo)?;
+    let index = prune::load_index_for_read(&repo)?;
     tracing::info!(
         "restoring snapshot {} of {} from {}",
         sid.short(),
@@ -665,7 +600,7 @@ fn restore_all_cmd(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
             }
         )));
     }
-    let index = load_index_for_read(&repo)?;
+    let index = prune::load_index_for_read(&repo)?;
     let total: u64 = plan
         .volumes
         .iter()
@@ -788,7 +723,7 @@ const EXPORT_ZSTD_LEVEL: i32 = 3;
 fn export(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let (_, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
-    let index = load_index_for_read(&repo)?;
+    let index = prune::load_index_for_read(&repo)?;
     let stdout = std::io::stdout().lock();
     let report = if a.zstd {
         let broken = |e| Error::io("cannot write the zstd stream to", "stdout", e);
@@ -1286,7 +1221,7 @@ fn diff_side(ctx: &Ctx, opened: &mut RepoAndIndex, volume: &str, which: &str) ->
     }
     if opened.is_none() {
         let repo = ctx.open()?;
-        let index = load_index_for_read(&repo)?;
+        let index = prune::load_index_for_read(&repo)?;
         *opened = Some((repo, index));
     }
     let (repo, index) = opened.as_ref().expect("opened above");
@@ -1487,21 +1422,6 @@ fn verify_cmd(ctx: &Ctx, a: &VerifyArgs) -> Result<i32> {
     })
 }
 
-/// `bucket audit` / `bucket policy`: the logic and its output live in bucket.rs.
-fn bucket_cmd(ctx: &Ctx, a: &crate::cli::BucketArgs) -> Result<i32> {
-    let Location::S3 { prefix, .. } = &ctx.location else {
-        return Err(Error::Usage(format!(
-            "`volguard bucket` judges S3 bucket rules; the repository is a local directory{}",
-            match &ctx.location {
-                Location::Local(p) => format!(" ({})", p.display()),
-                Location::S3 { .. } => String::new(),
-            }
-        )));
-    };
-    let repo = ctx.open()?;
-    crate::ops::bucket::run(&repo, prefix, &a.command, ctx.json)
-}
-
 /// A progress bar on a terminal, never in --json, --quiet or a log.
 fn progress(ctx: &Ctx, len: Option<u64>, what: &str) -> Option<indicatif::ProgressBar> {
     if ctx.quiet || ctx.json || !std::io::stderr().is_terminal() {
@@ -1519,4 +1439,63 @@ fn progress(ctx: &Ctx, len: Option<u64>, what: &str) -> Option<indicatif::Progre
     pb.set_message(what.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     Some(pb)
+}
+
+/// The retention mode `init` asked for, checked against where the repository goes.
+fn retention_from_args(a: &InitArgs, location: &crate::repo::Location) -> Result<RetentionConfig> {
+    let retain = a
+        .retain_seconds
+        .or(a.retain_days.map(|d| d.saturating_mul(86_400)));
+    let lock_mode = match a.lock_mode.as_str() {
+        "governance" => LockMode::Governance,
+        _ => LockMode::Compliance,
+    };
+    match a.retention_mode.as_str() {
+        "none" => {
+            if retain.is_some() {
+                return Err(Error::Usage(
+                    "--retain-days only means something with --retention-mode object-lock or \
+                     epochs"
+                        .into(),
+                ));
+            }
+            Ok(RetentionConfig::None)
+        }
+        "object-lock" => {
+            let Some(retain_secs) = retain else {
+                return Err(Error::Usage(
+                    "--retention-mode object-lock needs --retain-days N: how long every \
+                     snapshot must be kept at least"
+                        .into(),
+                ));
+            };
+            if let crate::repo::Location::Local(p) = location {
+                return Err(Error::Usage(format!(
+                    "--retention-mode object-lock needs an S3 bucket with Object Lock enabled; \
+                     {} is a local directory",
+                    p.display()
+                )));
+            }
+            Ok(RetentionConfig::ObjectLock {
+                retain_secs,
+                lock_mode,
+            })
+        }
+        "epochs" => {
+            let Some(retain_secs) = retain else {
+                return Err(Error::Usage(
+                    "--retention-mode epochs needs --retain-days N: how long every snapshot \
+                     must be kept at least"
+                        .into(),
+                ));
+            };
+            Ok(RetentionConfig::Epochs {
+                retain_secs,
+                epoch_secs: a.epoch_days.saturating_mul(86_400),
+            })
+        }
+        other => Err(Error::Usage(format!(
+            "--retention-mode {other} is not known; use none, object-lock or epochs"
+        ))),
+    }
 }

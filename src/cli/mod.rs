@@ -1,5 +1,6 @@
 //! Command-line types (clap derive only); names and flags follow DESIGN §8.
 
+mod bucket;
 pub mod generate;
 pub mod handlers;
 pub mod watch;

@@ -532,6 +532,45 @@ fn repack(
     Ok(copied)
 }
 
+/// Loads the index a backup deduplicates against: without the packs prune has marked
+/// (the marks are read first, see `prune`), and with the packs an interrupted run left
+/// behind, so they are reused.
+pub fn load_index_for_write(repo: &Repository) -> Result<(Index, MarkedPacks)> {
+    repo.verify_retention()?;
+    let marked = MarkedPacks::load(repo)?;
+    let (mut index, problems) = repo.load_index_except(&marked.packs)?;
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    let recovered = repo.recover_unindexed(&mut index, &marked.packs)?;
+    if recovered > 0 {
+        tracing::info!(
+            "indexed {recovered} pack(s) left by an interrupted backup; their data is reused"
+        );
+    }
+    Ok((index, marked))
+}
+
+/// Loads the index a read (restore, diff, verify) uses; packs no readable index file lists
+/// are read from their own trailers.
+pub fn load_index_for_read(repo: &Repository) -> Result<Index> {
+    let (mut index, problems) = repo.load_index()?;
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    // Packs no readable index file lists (a damaged index file) are still read.
+    let marked = MarkedPacks::load(repo)?;
+    let (recovered, _) = repo.index_unlisted_packs(&mut index, &marked.packs)?;
+    if !recovered.is_empty() {
+        tracing::info!(
+            "{} pack(s) are in no readable index file; read from their own trailers \
+             (`volguard repair` rebuilds the index)",
+            recovered.len()
+        );
+    }
+    Ok(index)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -677,68 +677,6 @@ pub fn hold_locked(
     Ok(skip)
 }
 
-/// The retention mode `init` asked for, checked against where the repository goes.
-pub fn retention_from_args(
-    a: &crate::cli::InitArgs,
-    location: &crate::repo::Location,
-) -> Result<RetentionConfig> {
-    let retain = a
-        .retain_seconds
-        .or(a.retain_days.map(|d| d.saturating_mul(86_400)));
-    let lock_mode = match a.lock_mode.as_str() {
-        "governance" => LockMode::Governance,
-        _ => LockMode::Compliance,
-    };
-    match a.retention_mode.as_str() {
-        "none" => {
-            if retain.is_some() {
-                return Err(Error::Usage(
-                    "--retain-days only means something with --retention-mode object-lock or \
-                     epochs"
-                        .into(),
-                ));
-            }
-            Ok(RetentionConfig::None)
-        }
-        "object-lock" => {
-            let Some(retain_secs) = retain else {
-                return Err(Error::Usage(
-                    "--retention-mode object-lock needs --retain-days N: how long every \
-                     snapshot must be kept at least"
-                        .into(),
-                ));
-            };
-            if let crate::repo::Location::Local(p) = location {
-                return Err(Error::Usage(format!(
-                    "--retention-mode object-lock needs an S3 bucket with Object Lock enabled; \
-                     {} is a local directory",
-                    p.display()
-                )));
-            }
-            Ok(RetentionConfig::ObjectLock {
-                retain_secs,
-                lock_mode,
-            })
-        }
-        "epochs" => {
-            let Some(retain_secs) = retain else {
-                return Err(Error::Usage(
-                    "--retention-mode epochs needs --retain-days N: how long every snapshot \
-                     must be kept at least"
-                        .into(),
-                ));
-            };
-            Ok(RetentionConfig::Epochs {
-                retain_secs,
-                epoch_secs: a.epoch_days.saturating_mul(86_400),
-            })
-        }
-        other => Err(Error::Usage(format!(
-            "--retention-mode {other} is not known; use none, object-lock or epochs"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1185,6 +1185,36 @@ impl Read for ExtentReader<'_> {
     }
 }
 
+/// Backup sources for Docker volumes, each with its definition from metadata.db. A volume
+/// whose data is mounted elsewhere only while in use is skipped with the reason under
+/// `--all` (`skipped` is given), and an error when it was named.
+pub fn volume_sources(
+    docker_root: &std::path::Path,
+    names: &[String],
+    mut skipped: Option<&mut Vec<String>>,
+) -> Result<Vec<Source>> {
+    let (defs, warnings) = crate::docker::volumes::read_volumes(docker_root);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let mut out = Vec::new();
+    for name in names {
+        match crate::docker::volume_source(docker_root, name, &defs)? {
+            Ok(src) => out.push(Source {
+                name: name.clone(),
+                path: src.data,
+                origin: None,
+                docker_volume: Some(src.meta),
+            }),
+            Err(crate::docker::NotMounted(why)) => match skipped.as_deref_mut() {
+                Some(list) => list.push(why),
+                None => return Err(Error::Other(why)),
+            },
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
