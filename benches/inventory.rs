@@ -3,7 +3,7 @@
 //! facts (`docker volume ls` + `docker volume inspect` of all, `docker ps -a` + `docker
 //! inspect` of all).
 //!
-//! The state is made by a real dockerd: a private one (tests/common/private_dockerd.rs, so
+//! The state is made by a real dockerd: a private one (tests/it/common/private_dockerd.rs, so
 //! the shared test daemon is left alone) with its own data root, where the bench creates 460
 //! named volumes (a third labelled, some with driver options) and 200 containers with
 //! `docker create` (every one mounts a named volume; every fifth also an anonymous one,
@@ -14,7 +14,7 @@
 //! tests/env/setup.sh needed). Prints a Markdown table and writes it to
 //! `$CARGO_TARGET_TMPDIR/bench-inventory.md`.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
 

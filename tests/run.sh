@@ -8,7 +8,7 @@
 # (`cargo bench`) and deliberately not built here.
 #
 # Extra arguments go to `cargo test`; those before a `--` also go to the build
-# phase, e.g. `bash tests/run.sh --test env_smoke -- --nocapture`.
+# phase, e.g. `bash tests/run.sh --test it -- env_smoke:: --nocapture`.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +24,7 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -f "${HOME}/.cargo/env" ]]; then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "tests/run.sh: cargo not found in PATH" >&2; exit 1; }
 
-# Arguments before `--` select what cargo builds (--test X, --features ...).
+# Arguments before `--` select what cargo builds (--test it, --features ...).
 build_args=()
 for arg in "$@"; do
     [[ "${arg}" == "--" ]] && break

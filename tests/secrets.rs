@@ -2,7 +2,12 @@
 //! on the command line, never in a hook's environment, never in a core dump or readable
 //! through /proc by another process of the same user; secret files that others can read
 //! are refused with the file named and the chmod to run.
+//!
+//! A test binary of its own (not a module of tests/it): one test sets secrets in this
+//! process's environment (`std::env::set_var`), which is only sound while no other
+//! thread runs and would leak into every process the other tests spawn.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -2,7 +2,14 @@
 //! and whether that makes a warning (DESIGN §5, issue 6). Other engineers' tests and
 //! builds run on the same filesystem and the same dockerd at the same time, so every
 //! assertion looks only at this test's own uniquely named volumes.
+//!
+//! A test binary of its own (not a module of tests/it): the overflow test lowers the
+//! machine-wide `/proc/sys/fs/fanotify/max_queued_events` while a watcher starts (a
+//! watcher another test started meanwhile, such as the agent's, would get the tiny
+//! queue), and catching short-lived writers needs a machine the rest of the suite does
+//! not load meanwhile: cargo runs test binaries one after another.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -16,7 +16,7 @@ set -euo pipefail
 
 # socat and openssl give the S3 tests a real TLS endpoint with a throwaway CA.
 # systemd (systemd-analyze), man-db, binutils (strip), dpkg-dev (dpkg-shlibdeps) and
-# init-system-helpers serve the packaging test (tests/packaging.rs).
+# init-system-helpers serve the packaging test (tests/it/packaging.rs).
 readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux socat openssl curl
     systemd man-db binutils dpkg-dev init-system-helpers)
 readonly IMAGE="volguard-test/busybox:latest"
@@ -561,7 +561,7 @@ start_garage() {
 # <<< HOOK: S3 servers <<<
 
 # --- packaging tools --------------------------------------------------------------
-# cargo-deb builds the .deb the packaging test installs (tests/packaging.rs); built once
+# cargo-deb builds the .deb the packaging test installs (tests/it/packaging.rs); built once
 # from crates.io into a root under ~/.cache/volguard so later runs and fresh clones on
 # this machine reuse it (a couple of minutes on 2 cores).
 readonly CARGO_TOOLS_ROOT="${STATE_DIR}/cargo-tools"
