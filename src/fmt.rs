@@ -1,8 +1,9 @@
 //! How volguard writes sizes, times and durations for people and parses durations from
-//! them: one spelling of each, shared by every command, the agent and the watcher.
+//! them: a leaf, so every layer shares these spellings without importing a front end.
 
 use std::time::SystemTime;
 
+/// "512 B", "1.5 KiB": binary units, one decimal.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
