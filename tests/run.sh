@@ -33,6 +33,11 @@ done
 
 start=${SECONDS}
 
+# The module layering of src/ (no upward import, no circle within a layer; see .ci/layers.py):
+# a plain source check, so it fails fast before anything is installed or built.
+phase "0/3" "module layering (.ci/layers.py)"
+python3 "${REPO_ROOT}/.ci/layers.py"
+
 phase "1/3" "environment setup (tests/env/setup.sh)"
 bash "${REPO_ROOT}/tests/env/setup.sh"
 
