@@ -37,6 +37,20 @@ pub fn fmt_time(t: SystemTime) -> String {
         .unwrap_or_else(|_| format!("{t:?}"))
 }
 
+/// UTC to the second with a space, as tables show times: `2024-05-01 12:00:00`.
+pub fn table_time(t: time::OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time (a stored snapshot time, or one a person typed).
+pub fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+}
+
 /// "30 days", "90 seconds", "2 days 3600 seconds".
 pub fn human_duration(secs: u64) -> String {
     match (secs / 86_400, secs % 86_400) {

@@ -73,7 +73,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let code = match volguard::cli::handlers::run(cli) {
+    let code = match volguard::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("volguard: error: {e}");

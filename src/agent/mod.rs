@@ -341,7 +341,7 @@ impl Agent {
             Ok((snaps, _)) => {
                 let host = &loaded.ctx.host;
                 for (_, s) in snaps.iter().filter(|(_, s)| &s.host == host) {
-                    if let Ok(t) = forget::parse_time(&s.time) {
+                    if let Ok(t) = crate::fmt::parse_time(&s.time) {
                         let t = t.unix_timestamp() as f64;
                         let v = self.volume_entry(&s.volume, &loaded.settings);
                         v.last_success = Some(v.last_success.map_or(t, |x| x.max(t)));
@@ -907,14 +907,7 @@ fn maintenance(
         }
         Maintenance::Drill => {
             let (index, _) = repo.load_index()?;
-            let (snaps, _) = repo.list_snapshots()?;
-            let mut volumes: Vec<String> = snaps
-                .into_iter()
-                .filter(|(_, s)| s.host == ctx.host)
-                .map(|(_, s)| s.volume)
-                .collect();
-            volumes.sort();
-            volumes.dedup();
+            let volumes = drill::volumes_of_host(repo, &ctx.host)?;
             let opts = drill::Options {
                 sample_percent: settings.drill_sample_percent,
                 scratch_parent: crate::paths::state_dir().join("drill-scratch"),
@@ -946,34 +939,36 @@ fn maintenance(
             let Some(r) = &settings.retention else {
                 return Ok(());
             };
-            let policy = r.policy().map_err(Error::Other)?;
-            let (all, _) = repo.list_snapshots()?;
-            let (candidates, _) = forget::candidates(all, None, Some(&ctx.host));
-            let plan = forget::plan(&candidates, &policy, time::OffsetDateTime::now_utc());
-            if !plan.emptied_groups().is_empty() {
-                return Err(Error::Other(
-                    "retention would forget every snapshot of a volume; nothing was forgotten (check agent.retention)".into(),
-                ));
-            }
-            let (forgotten, failures) = forget::execute(repo, &plan);
-            tracing::info!("retention: {forgotten} snapshot(s) forgotten");
-            if let Some(f) = failures.first() {
-                return Err(Error::Other(format!(
-                    "retention: {} snapshot(s) could not be forgotten, first: {f:?}",
-                    failures.len()
-                )));
-            }
-            if r.prune {
-                let report = prune::run(
-                    repo,
-                    &prune::Options {
+            let report = forget::run(
+                repo,
+                &forget::ForgetOptions {
+                    keep: r.policy().map_err(Error::Other)?,
+                    volume: None,
+                    host: Some(ctx.host.clone()),
+                    dry_run: false,
+                    prune: r.prune.then(|| prune::Options {
                         dry_run: false,
                         grace: r.prune_grace,
                         max_unused_percent: prune::DEFAULT_MAX_UNUSED_PERCENT,
                         host: ctx.host.clone(),
-                    },
-                )?;
-                tracing::info!("retention: prune: {report:?}");
+                    }),
+                },
+            )?;
+            if let Some(e) = report.refusal() {
+                return Err(e);
+            }
+            tracing::info!("retention: {} snapshot(s) forgotten", report.forgotten);
+            if let Some(p) = &report.prune {
+                tracing::info!("retention: prune: {p:?}");
+            }
+            let failed: Vec<_> = report.real_failures().collect();
+            if let Some(f) = failed.first() {
+                return Err(Error::Other(format!(
+                    "retention: {} snapshot(s) could not be forgotten, first: snapshot {}: {}",
+                    failed.len(),
+                    f.id.short(),
+                    f.error
+                )));
             }
             Ok(())
         }

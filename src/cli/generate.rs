@@ -1,14 +1,38 @@
 //! `volguard generate man|completions`: the man pages and shell completion scripts, made
-//! from the clap definitions in cli.rs so they can never describe another CLI than the one
+//! from the clap definitions in cli/ so they can never describe another CLI than the one
 //! shipped. The package build (packaging/build-deb.sh) runs it; nothing generated is
 //! committed.
 
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
+use clap::{Args, CommandFactory, Subcommand};
 
-use crate::cli::{Cli, GenerateArgs, GenerateWhat};
+use crate::cli::Cli;
 use crate::error::{Error, Result, exit};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: GenerateWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateWhat {
+    /// Man pages: volguard.1 and one volguard-COMMAND.1 per command.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The completion script of one shell, named as that shell looks for it.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
 
 /// Writes what `a` asks for and prints each file written, one per line.
 pub fn run(a: &GenerateArgs) -> Result<i32> {

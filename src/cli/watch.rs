@@ -8,10 +8,24 @@ use std::sync::atomic::AtomicBool;
 
 use time::OffsetDateTime;
 
-use crate::cli::{EventsArgs, WatchArgs};
+use clap::Args;
+
 use crate::error::{Error, Result, exit};
 use crate::watch::alerts::{self, WatchSettings};
 use crate::watch::{Notice, WatchEvent, WatchOptions};
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events at or after this time: RFC 3339, or a duration back from now (30m, 24h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events of this volume.
+    #[arg(long)]
+    pub volume: Option<String>,
+}
 
 fn short(id: &str) -> &str {
     &id[..12.min(id.len())]

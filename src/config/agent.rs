@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::schedule::Schedule;
-use crate::ops::forget::{KeepCount, KeepDuration, KeepPolicy};
+use crate::ops::forget::{KeepOptions, KeepPolicy};
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -45,22 +45,14 @@ pub struct VolumeSettings {
 }
 
 /// `[agent.retention]`: forget by these rules (restic's meaning, see `volguard forget`),
-/// per host and volume, every `every`, then prune.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// per host and volume, every `every`, then prune. The keep rules are the same type as
+/// `volguard forget`'s flags, written `keep_last = 7`, ..., `keep_tags = ["a,b"]`.
+#[derive(Debug, Clone)]
 pub struct RetentionSettings {
     pub every: Schedule,
-    pub keep_last: Option<KeepCountSetting>,
-    pub keep_hourly: Option<KeepCountSetting>,
-    pub keep_daily: Option<KeepCountSetting>,
-    pub keep_weekly: Option<KeepCountSetting>,
-    pub keep_monthly: Option<KeepCountSetting>,
-    pub keep_yearly: Option<KeepCountSetting>,
-    pub keep_within: Option<String>,
-    pub keep_tags: Vec<String>,
+    pub keep: KeepOptions,
     /// Prune after forgetting.
     pub prune: bool,
-    #[serde(deserialize_with = "duration")]
     pub prune_grace: Duration,
 }
 
@@ -68,57 +60,43 @@ impl Default for RetentionSettings {
     fn default() -> Self {
         RetentionSettings {
             every: Schedule::Every(Duration::from_secs(86_400)),
-            keep_last: None,
-            keep_hourly: None,
-            keep_daily: None,
-            keep_weekly: None,
-            keep_monthly: None,
-            keep_yearly: None,
-            keep_within: None,
-            keep_tags: Vec::new(),
+            keep: KeepOptions::default(),
             prune: true,
             prune_grace: Duration::from_secs(86_400),
         }
     }
 }
 
-/// A keep count as the config writes it: a number, -1 for all.
-#[derive(Debug, Clone, Copy)]
-pub struct KeepCountSetting(pub KeepCount);
-
-impl<'de> Deserialize<'de> for KeepCountSetting {
+/// The table's own keys are taken out first; the rest must be keep rules (serde cannot
+/// flatten into a struct that refuses unknown keys).
+impl<'de> Deserialize<'de> for RetentionSettings {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        KeepCount::parse(&n.to_string())
-            .map(KeepCountSetting)
-            .map_err(serde::de::Error::custom)
+        use serde::de::Error as _;
+        let bad = |key: &str, e: &dyn std::fmt::Display| {
+            D::Error::custom(format!("agent.retention.{key}: {e}"))
+        };
+        let mut table = toml::Table::deserialize(d)?;
+        let mut s = RetentionSettings::default();
+        if let Some(v) = table.remove("every") {
+            s.every = v.try_into().map_err(|e| bad("every", &e))?;
+        }
+        if let Some(v) = table.remove("prune") {
+            s.prune = v.try_into().map_err(|e| bad("prune", &e))?;
+        }
+        if let Some(v) = table.remove("prune_grace") {
+            let text: String = v.try_into().map_err(|e| bad("prune_grace", &e))?;
+            s.prune_grace = crate::fmt::parse_grace(&text).map_err(|e| bad("prune_grace", &e))?;
+        }
+        s.keep = KeepOptions::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(format!("agent.retention: {e}")))?;
+        Ok(s)
     }
 }
 
 impl RetentionSettings {
-    /// The keep policy; an error names the bad value.
+    /// The keep policy; an error when no rule is set.
     pub fn policy(&self) -> Result<KeepPolicy, String> {
-        let c = |k: &Option<KeepCountSetting>| k.map(|k| k.0).unwrap_or_default();
-        let policy = KeepPolicy {
-            last: c(&self.keep_last),
-            hourly: c(&self.keep_hourly),
-            daily: c(&self.keep_daily),
-            weekly: c(&self.keep_weekly),
-            monthly: c(&self.keep_monthly),
-            yearly: c(&self.keep_yearly),
-            within: self
-                .keep_within
-                .as_deref()
-                .map(KeepDuration::parse)
-                .transpose()
-                .map_err(|e| format!("agent.retention.keep_within: {e}"))?
-                .unwrap_or_default(),
-            tags: self
-                .keep_tags
-                .iter()
-                .map(|t| crate::ops::forget::parse_tag_set(t))
-                .collect(),
-        };
+        let policy = self.keep.policy();
         if policy.is_empty() {
             return Err("agent.retention: no keep rule is set (keep_last, keep_daily, ..., keep_within, keep_tags), so it would keep everything; set one or remove the table".into());
         }

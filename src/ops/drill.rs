@@ -54,6 +54,19 @@ pub struct Drill {
     pub ok: bool,
 }
 
+/// The volumes `host` has snapshots of, sorted: what a drill of "everything" covers.
+pub fn volumes_of_host(repo: &Repository, host: &str) -> Result<Vec<String>> {
+    let (snaps, _) = repo.list_snapshots()?;
+    let mut volumes: Vec<String> = snaps
+        .into_iter()
+        .filter(|(_, s)| s.host == host)
+        .map(|(_, s)| s.volume)
+        .collect();
+    volumes.sort();
+    volumes.dedup();
+    Ok(volumes)
+}
+
 /// Drills the latest snapshot of `volume` by `host`.
 pub fn run(
     repo: &Repository,

@@ -5,6 +5,7 @@
 //! compress and seal new blobs; the packer fills packs; the uploader stores packs and
 //! writes index files. The snapshot object is written only after all of that is durable.
 
+pub mod batch;
 pub mod layers;
 
 use std::collections::{HashMap, HashSet};

@@ -458,6 +458,31 @@ fn restore_one(
     Ok(())
 }
 
+/// The error for a host with nothing to restore: names the hosts that do have snapshots,
+/// so a mistyped or renamed host is found at once.
+pub fn nothing_to_restore(
+    all: &[SnapshotEntry],
+    host: &str,
+    at: Option<&str>,
+    location: &str,
+) -> Error {
+    let mut hosts: Vec<&str> = all.iter().map(|(_, s)| s.host.as_str()).collect();
+    hosts.sort();
+    hosts.dedup();
+    Error::Other(format!(
+        "no snapshot of a Docker volume from host {host:?}{} in {location}; {}",
+        at.map(|t| format!(" at or before {t}")).unwrap_or_default(),
+        if hosts.is_empty() {
+            "the repository has no snapshots".to_string()
+        } else {
+            format!(
+                "hosts with snapshots: {} (choose one with --host)",
+                hosts.join(", ")
+            )
+        }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,17 +29,20 @@
 //! - Durations are stricter than restic's parser: negative numbers, a unit given twice and
 //!   numbers that overflow are errors (restic accepts the first two and panics on the last).
 //!
-//! Everything here except [`execute`] is pure: the clock is passed in.
+//! Everything here is pure (the clock is passed in); [`run`] applies a plan to a repository.
+
+mod run;
+
+pub use run::{DeleteFailure, ForgetOptions, ForgetReport, execute, run};
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use time::{Date, Duration, Month, OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
-use crate::backend::Kind;
-use crate::error::{Error, Result};
+use serde::{Deserialize, Deserializer};
+
 use crate::ids::SnapshotId;
-use crate::repo::Repository;
 
 /// How many buckets of one kind a rule keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,6 +74,21 @@ impl KeepCount {
 
     fn is_on(self) -> bool {
         self != KeepCount::Off
+    }
+}
+
+impl std::str::FromStr for KeepCount {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        KeepCount::parse(s)
+    }
+}
+
+/// The config file writes a count as a number, -1 for all.
+impl<'de> Deserialize<'de> for KeepCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        KeepCount::parse(&n.to_string()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -189,6 +207,19 @@ impl KeepDuration {
     }
 }
 
+impl std::str::FromStr for KeepDuration {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        KeepDuration::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        KeepDuration::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for KeepDuration {
     /// restic's spelling: the non-zero parts, in the order y, m, d, h.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -206,8 +237,6 @@ impl fmt::Display for KeepDuration {
     }
 }
 
-/// Splits one `--keep-tag` value into its tag set, like restic: comma separated, blanks
-/// around each tag trimmed (`''` is the empty tag, which matches untagged snapshots).
 /// The snapshots of `volume` and `host` (None = all) as forget candidates. A snapshot whose
 /// time does not parse is left out with a warning; the flag says some were.
 pub fn candidates(
@@ -221,7 +250,7 @@ pub fn candidates(
         if volume.is_some_and(|v| s.volume != v) || host.is_some_and(|h| s.host != h) {
             continue;
         }
-        match parse_time(&s.time) {
+        match crate::fmt::parse_time(&s.time) {
             Ok(time) => out.push(Candidate {
                 id,
                 time,
@@ -242,8 +271,61 @@ pub fn candidates(
     (out, partial)
 }
 
-pub fn parse_tag_set(s: &str) -> Vec<String> {
+/// Splits one `--keep-tag` value into its tag set, like restic: comma separated, blanks
+/// around each tag trimmed (`''` is the empty tag, which matches untagged snapshots).
+fn parse_tag_set(s: &str) -> Vec<String> {
     s.split(',').map(|t| t.trim().to_string()).collect()
+}
+
+/// The keep rules as people write them, once for both front ends: `volguard forget
+/// --keep-*` flattens these flags, and the agent's `[agent.retention]` table has the same
+/// keys (`keep_tags` is `--keep-tag`). restic's meaning; a snapshot matching any rule is
+/// kept. Counts take a number, or -1 / `unlimited` for all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepOptions {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_last: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest hours that have one (UTC).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_hourly: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest days that have one (UTC).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_daily: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks (Monday to Sunday, UTC).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_weekly: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest months that have one (UTC).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_monthly: Option<KeepCount>,
+    /// Keep the newest snapshot of each of the N newest years that have one (UTC).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_yearly: Option<KeepCount>,
+    /// Keep every snapshot newer than the group's newest snapshot minus this duration
+    /// (years, months, days, hours: e.g. 1y2m3d4h).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<KeepDuration>,
+    /// Keep snapshots carrying all of these comma-separated tags (repeatable: any set).
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG...]")]
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+}
+
+impl KeepOptions {
+    /// The policy these rules make; empty when no rule is set.
+    pub fn policy(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last.unwrap_or_default(),
+            hourly: self.keep_hourly.unwrap_or_default(),
+            daily: self.keep_daily.unwrap_or_default(),
+            weekly: self.keep_weekly.unwrap_or_default(),
+            monthly: self.keep_monthly.unwrap_or_default(),
+            yearly: self.keep_yearly.unwrap_or_default(),
+            within: self.keep_within.unwrap_or_default(),
+            tags: self.keep_tags.iter().map(|t| parse_tag_set(t)).collect(),
+        }
+    }
 }
 
 /// Which snapshots to keep. `Default` is the empty policy, which keeps everything.
@@ -573,129 +655,6 @@ pub fn apply_group(
     }
     out
 }
-
-/// One snapshot that could not be forgotten.
-#[derive(Debug, Clone)]
-pub struct DeleteFailure {
-    pub id: SnapshotId,
-    pub error: String,
-    /// Refused because the snapshot is still under Object Lock retention (object-lock
-    /// mode): not an error, it can be forgotten once the retention has passed.
-    pub locked: bool,
-}
-
-/// Deletes the snapshot objects the plan forgets; the data they referenced stays until a
-/// prune. Deletion goes on after a failure (each snapshot is independent) and the failures
-/// are returned; a snapshot already gone (another `forget` was faster) counts as forgotten.
-pub fn execute(repo: &Repository, plan: &ForgetPlan) -> (usize, Vec<DeleteFailure>) {
-    let mut removed = 0;
-    let mut failures = Vec::new();
-    for d in plan.to_remove() {
-        let name = d.id.to_hex();
-        match repo.block_on(repo.backend().delete(Kind::Snapshot, &name)) {
-            Ok(()) => removed += 1,
-            Err(e) if e.is_not_found() => removed += 1,
-            Err(e) => failures.push(DeleteFailure {
-                id: d.id,
-                error: e.to_string(),
-                locked: e.is_locked(),
-            }),
-        }
-    }
-    (removed, failures)
-}
-
-/// Time as the table shows it: UTC, to the second.
-fn table_time(t: OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    t.to_offset(UtcOffset::UTC).format(&fmt).unwrap_or_default()
-}
-
-/// The human form of a plan: the policy, then per group every snapshot, newest first,
-/// as kept (with the rules that keep it) or forgotten.
-pub fn plan_table(plan: &ForgetPlan, policy: &KeepPolicy) -> String {
-    let mut out = format!("policy: {policy}\n");
-    if plan.groups.is_empty() {
-        out.push_str("no snapshots match\n");
-    }
-    for g in &plan.groups {
-        out.push_str(&format!(
-            "\nhost {}, volume {}: keep {}, forget {} of {} snapshot(s)\n",
-            g.host,
-            g.volume,
-            g.kept().count(),
-            g.removed().count(),
-            g.decisions.len()
-        ));
-        out.push_str(&format!(
-            "{:<10} {:<20} {:<7} {}\n",
-            "ID", "TIME (UTC)", "ACTION", "REASONS"
-        ));
-        for d in &g.decisions {
-            let reasons: Vec<String> = d.reasons.iter().map(Reason::to_string).collect();
-            let line = format!(
-                "{:<10} {:<20} {:<7} {}",
-                d.id.short(),
-                table_time(d.time),
-                if d.keep() { "keep" } else { "forget" },
-                reasons.join(", ")
-            );
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// The `--json` form: `{"dry_run", "policy", "groups": [{"host", "volume", "keep": [{"id",
-/// "time", "reasons"}], "remove": [{"id", "time"}]}], "forgotten", "failed": [{"id",
-/// "error"}]}`, times in RFC 3339 UTC, lists newest first.
-pub fn plan_json(
-    plan: &ForgetPlan,
-    policy: &KeepPolicy,
-    dry_run: bool,
-    forgotten: usize,
-    failed: &[DeleteFailure],
-) -> serde_json::Value {
-    use serde_json::json;
-    let time = crate::fmt::format_time;
-    let groups: Vec<_> = plan
-        .groups
-        .iter()
-        .map(|g| {
-            let keep: Vec<_> = g
-                .kept()
-                .map(|d| {
-                    let reasons: Vec<String> = d.reasons.iter().map(Reason::to_string).collect();
-                    json!({"id": d.id.to_hex(), "time": time(d.time), "reasons": reasons})
-                })
-                .collect();
-            let remove: Vec<_> = g
-                .removed()
-                .map(|d| json!({"id": d.id.to_hex(), "time": time(d.time)}))
-                .collect();
-            json!({"host": g.host, "volume": g.volume, "keep": keep, "remove": remove})
-        })
-        .collect();
-    let failed: Vec<_> = failed
-        .iter()
-        .map(|f| json!({"id": f.id.to_hex(), "error": f.error, "locked": f.locked}))
-        .collect();
-    json!({
-        "dry_run": dry_run,
-        "policy": policy.to_string(),
-        "groups": groups,
-        "forgotten": forgotten,
-        "failed": failed,
-    })
-}
-
-/// Parses a stored snapshot time (RFC 3339).
-pub fn parse_time(s: &str) -> Result<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| Error::Other(format!("{s:?} is not an RFC 3339 time: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
