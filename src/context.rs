@@ -113,9 +113,10 @@ impl Ctx {
         }
         let secret = Secret::KeyFile(crate::secrets::read_secret_file(&key_path, "key file")?);
         let repo = Repository::init(backend, &secret, repo::DEFAULT_CHUNKER)?;
-        eprintln!(
-            "volguard: created the repository {} with its key in {}.\n\
-             volguard: keep a copy of that key somewhere else: losing it loses every backup.",
+        // A warning, not a note: the user must act (copy the key) or lose every backup.
+        tracing::warn!(
+            "created the repository {} with its key in {}; keep a copy of that key somewhere \
+             else: losing it loses every backup",
             repo.location(),
             key_path.display()
         );

@@ -37,6 +37,11 @@ pub fn fmt_time(t: SystemTime) -> String {
         .unwrap_or_else(|_| format!("{t:?}"))
 }
 
+/// Unix seconds as [`fmt_time`] writes them.
+pub fn unix_time(secs: u64) -> String {
+    fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// UTC to the second with a space, as tables show times: `2024-05-01 12:00:00`.
 pub fn table_time(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");

@@ -140,7 +140,7 @@ pub fn watch(
 
 /// `--since`: RFC 3339, or a duration back from now (`90s`, `30m`, `24h`, `7d`).
 fn parse_since(s: &str) -> Result<OffsetDateTime> {
-    if let Ok(t) = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+    if let Ok(t) = crate::fmt::parse_time(s) {
         return Ok(t);
     }
     let d = crate::fmt::parse_grace(s).map_err(|_| {
@@ -168,10 +168,7 @@ pub fn events(settings: &WatchSettings, json: bool, args: &EventsArgs) -> Result
             since.is_none_or(|s| {
                 l["time"]
                     .as_str()
-                    .and_then(|t| {
-                        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
+                    .and_then(|t| crate::fmt::parse_time(t).ok())
                     .is_some_and(|t| t >= s)
             })
         })
