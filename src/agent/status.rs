@@ -2,6 +2,7 @@
 //! and next run of every volume and job, and its health. The agent rewrites it atomically
 //! whenever something changes; `volguard status` reads it, so it works without any socket
 //! or API, and survives an agent restart (the last times are read back from it).
+//! `volguard status` itself is here too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{JobFigures, VolumeFigures};
+use crate::docker::containers;
+use crate::error::{Error, Result, exit};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VolumeStatus {
@@ -87,7 +90,7 @@ pub fn write(path: &Path, status: &AgentStatus) -> std::io::Result<()> {
 }
 
 /// Reads the status file; None when it does not exist, an error when it is damaged.
-pub fn read(path: &Path) -> Result<Option<AgentStatus>, String> {
+pub fn read(path: &Path) -> std::result::Result<Option<AgentStatus>, String> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             format!(
@@ -106,4 +109,83 @@ pub fn when(t: Option<f64>) -> String {
         .map(crate::fmt::format_time)
         .map(|s| format!("{}Z", &s[..19]))
         .unwrap_or_else(|| "-".into())
+}
+
+/// `volguard status`: what the agent's status file says, with its health. Exits 0 when the
+/// agent runs and nothing is failing, 3 when it runs with failures, 1 when it does not run.
+pub fn status_cmd(json: bool) -> Result<i32> {
+    let path = path();
+    let st = read(&path).map_err(Error::Other)?;
+    let Some(st) = st else {
+        return Err(Error::Other(format!(
+            "no agent status at {}: the agent has never run on this host (systemctl start volguard)",
+            path.display()
+        )));
+    };
+    let running = st.activity != "stopped" && containers::pid_alive(st.pid as i64);
+    let failing = st.failing();
+    let health = match (running, failing.is_empty()) {
+        (false, _) => "not running",
+        (true, true) => "ok",
+        (true, false) => "failing",
+    };
+    if json {
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        v["running"] = running.into();
+        v["health"] = health.into();
+        v["failing"] = failing.clone().into();
+        crate::outln!("{v}");
+    } else {
+        crate::outln!(
+            "agent: {} (pid {}, since {}), {}; repository {}, host {}",
+            if running { "running" } else { "NOT RUNNING" },
+            st.pid,
+            when(Some(st.started)),
+            st.activity,
+            st.repository,
+            st.host
+        );
+        if let Some(a) = &st.metrics_addr {
+            crate::outln!("metrics: http://{a}/metrics");
+        }
+        crate::outln!(
+            "{:<30} {:<10} {:<9} {:<21} {:<21} last error",
+            "volume",
+            "schedule",
+            "mode",
+            "last success",
+            "next run"
+        );
+        for (n, v) in &st.volumes {
+            crate::outln!(
+                "{:<30} {:<10} {:<9} {:<21} {:<21} {}",
+                n,
+                v.schedule,
+                v.consistency,
+                when(v.last_success),
+                when(v.next_run),
+                v.last_error.as_deref().unwrap_or("")
+            );
+        }
+        for (n, j) in &st.jobs {
+            crate::outln!(
+                "{:<30} {:<10} {:<9} {:<21} {:<21} {}",
+                format!("[{n}]"),
+                j.schedule,
+                "",
+                when(j.figures.last_success_time),
+                when(j.next_run),
+                j.last_error.as_deref().unwrap_or("")
+            );
+        }
+        crate::outln!("health: {health}");
+        for f in &failing {
+            crate::outln!("  failing: {f}");
+        }
+    }
+    Ok(match health {
+        "ok" => exit::OK,
+        "failing" => exit::PARTIAL,
+        _ => exit::ERROR,
+    })
 }
