@@ -11,9 +11,11 @@
 //! time, what a finished job changes), `volumes` (which volumes, with which schedule and
 //! consistency mode), `jobs` (a scheduled backup, check and drill), `retention` (the
 //! forget and prune step), `signals` (SIGHUP reload, SIGTERM shutdown), `watcher`,
-//! `status` (the status file and `volguard status`), `metrics`, `notify`, `consistency`.
+//! `status` (the status file and `volguard status`), `host` (host and process facts
+//! through sysinfo), `metrics`, `notify`, `consistency`.
 
 pub mod consistency;
+pub mod host;
 mod jobs;
 pub mod metrics;
 pub mod notify;

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::host;
 use super::metrics::{JobFigures, VolumeFigures};
 use crate::docker::containers;
 use crate::error::{Error, Result, exit};
+use crate::fmt::human_bytes;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VolumeStatus {
@@ -111,8 +113,10 @@ pub fn when(t: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// `volguard status`: what the agent's status file says, with its health. Exits 0 when the
-/// agent runs and nothing is failing, 3 when it runs with failures, 1 when it does not run.
+/// `volguard status`: what the agent's status file says, with its health, and the host's
+/// memory, load and uptime and the agent process's memory and CPU as they are now. Exits 0
+/// when the agent runs and nothing is failing, 3 when it runs with failures, 1 when it does
+/// not run.
 pub fn status_cmd(json: bool) -> Result<i32> {
     let path = path();
     let st = read(&path).map_err(Error::Other)?;
@@ -129,11 +133,16 @@ pub fn status_cmd(json: bool) -> Result<i32> {
         (true, true) => "ok",
         (true, false) => "failing",
     };
+    // Live, not from the file: the host now, and the agent's process if it runs.
+    let system = host::system();
+    let process = running.then(|| host::process(st.pid)).flatten();
     if json {
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         v["running"] = running.into();
         v["health"] = health.into();
         v["failing"] = failing.clone().into();
+        v["system"] = serde_json::to_value(&system).unwrap_or_default();
+        v["process"] = serde_json::to_value(&process).unwrap_or_default();
         crate::outln!("{v}");
     } else {
         crate::outln!(
@@ -147,6 +156,23 @@ pub fn status_cmd(json: bool) -> Result<i32> {
         );
         if let Some(a) = &st.metrics_addr {
             crate::outln!("metrics: http://{a}/metrics");
+        }
+        crate::outln!(
+            "system: memory {} available of {}, load {:.2} {:.2} {:.2}, up {}",
+            human_bytes(system.memory_available_bytes),
+            human_bytes(system.memory_total_bytes),
+            system.load1,
+            system.load5,
+            system.load15,
+            crate::fmt::human_duration(system.uptime_seconds)
+        );
+        if let Some(p) = &process {
+            crate::outln!(
+                "agent process: {} resident, {:.1} s CPU in {}",
+                human_bytes(p.resident_memory_bytes),
+                p.cpu_seconds_total,
+                crate::fmt::human_duration(p.run_time_seconds)
+            );
         }
         crate::outln!(
             "{:<30} {:<10} {:<9} {:<21} {:<21} last error",
