@@ -1,4 +1,4 @@
-//! Command-line types (clap derive only); names and flags follow DESIGN §8.
+//! Command-line types (clap derive only); names and flags follow docs/design.md, Conventions.
 
 mod bucket;
 pub mod generate;
