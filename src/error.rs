@@ -1,4 +1,4 @@
-//! The crate's error type and how errors map to process exit codes (DESIGN §6).
+//! The crate's error type and how errors map to process exit codes (docs/design.md, Conventions).
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! `volguard watch` against the real kernel and the real dockerd: who changed volume data,
-//! and whether that makes a warning (DESIGN §5, issue 6). Other engineers' tests and
+//! and whether that makes a warning (docs/design.md, Watcher; issue 6). Other engineers' tests and
 //! builds run on the same filesystem and the same dockerd at the same time, so every
 //! assertion looks only at this test's own uniquely named volumes.
 //!

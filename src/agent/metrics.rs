@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics: what it did per volume and job, served as the text
 //! exposition format on a loopback port. A handful of counters and gauges do not need a
-//! metrics library; the format is plain lines.
+//! metrics library; the format is plain lines. Host memory, load and uptime and the
+//! agent's own memory and CPU (from `host`, read at each scrape) come with them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +9,8 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::host::{self, ProcessFacts, SystemFacts};
 
 /// Per-volume backup figures.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -46,7 +49,8 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
+    /// The exposition text; `system` and `own` (the agent's process) add the host gauges.
+    pub fn render(&self, system: Option<&SystemFacts>, own: Option<&ProcessFacts>) -> String {
         let mut o = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -144,6 +148,64 @@ impl Metrics {
             "SIGHUP reloads refused because the new config was invalid.",
             vec![(String::new(), self.config_reloads_failed as f64)],
         );
+        let (s, p) = (system, own);
+        for (name, kind, help, value) in [
+            (
+                "volguard_host_memory_total_bytes",
+                "gauge",
+                "Memory of the host.",
+                s.map(|s| s.memory_total_bytes as f64),
+            ),
+            (
+                "volguard_host_memory_available_bytes",
+                "gauge",
+                "Memory of the host available without swapping.",
+                s.map(|s| s.memory_available_bytes as f64),
+            ),
+            (
+                "volguard_host_load1",
+                "gauge",
+                "Load average of the host over 1 minute.",
+                s.map(|s| s.load1),
+            ),
+            (
+                "volguard_host_load5",
+                "gauge",
+                "Load average of the host over 5 minutes.",
+                s.map(|s| s.load5),
+            ),
+            (
+                "volguard_host_load15",
+                "gauge",
+                "Load average of the host over 15 minutes.",
+                s.map(|s| s.load15),
+            ),
+            (
+                "volguard_host_uptime_seconds",
+                "gauge",
+                "Seconds since the host booted.",
+                s.map(|s| s.uptime_seconds as f64),
+            ),
+            (
+                "volguard_process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the agent.",
+                p.map(|p| p.resident_memory_bytes as f64),
+            ),
+            (
+                "volguard_process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of the agent.",
+                p.map(|p| p.cpu_seconds_total),
+            ),
+        ] {
+            metric(
+                name,
+                kind,
+                help,
+                value.map(|v| (String::new(), v)).into_iter().collect(),
+            );
+        }
         o
     }
 }
@@ -177,8 +239,9 @@ pub fn serve(addr: &str, metrics: Arc<Mutex<Metrics>>) -> std::io::Result<std::n
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("");
                 let (status, body) = if path == "/metrics" || path == "/" {
+                    let (system, own) = (host::system(), host::own_process());
                     let m = metrics.lock().unwrap_or_else(|p| p.into_inner());
-                    ("200 OK", m.render())
+                    ("200 OK", m.render(Some(&system), own.as_ref()))
                 } else {
                     ("404 Not Found", "only /metrics is served\n".to_string())
                 };
@@ -210,7 +273,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let text = m.render();
+        let text = m.render(None, None);
         assert!(
             text.contains("volguard_backups_total{volume=\"db\\\"x\"} 2\n"),
             "{text}"
@@ -219,5 +282,42 @@ mod tests {
             text.contains("volguard_backup_last_success_timestamp_seconds{volume=\"db\\\"x\"} 5\n")
         );
         assert!(text.contains("# TYPE volguard_backup_failures_total counter\n"));
+        assert!(
+            !text.contains("\nvolguard_host_memory_total_bytes "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn host_and_process_gauges() {
+        let system = SystemFacts {
+            memory_total_bytes: 1000,
+            memory_available_bytes: 400,
+            load1: 0.5,
+            load5: 0.25,
+            load15: 2.0,
+            uptime_seconds: 77,
+        };
+        let own = ProcessFacts {
+            pid: 1,
+            resident_memory_bytes: 300,
+            cpu_seconds_total: 1.5,
+            run_time_seconds: 9,
+        };
+        let text = Metrics::default().render(Some(&system), Some(&own));
+        for line in [
+            "volguard_host_memory_total_bytes 1000\n",
+            "volguard_host_memory_available_bytes 400\n",
+            "volguard_host_load1 0.5\n",
+            "volguard_host_load5 0.25\n",
+            "volguard_host_load15 2\n",
+            "volguard_host_uptime_seconds 77\n",
+            "volguard_process_resident_memory_bytes 300\n",
+            "volguard_process_cpu_seconds_total 1.5\n",
+            "# TYPE volguard_process_cpu_seconds_total counter\n",
+            "# TYPE volguard_host_load15 gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
     }
 }

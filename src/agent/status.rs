@@ -2,6 +2,7 @@
 //! and next run of every volume and job, and its health. The agent rewrites it atomically
 //! whenever something changes; `volguard status` reads it, so it works without any socket
 //! or API, and survives an agent restart (the last times are read back from it).
+//! The report `volguard status` renders is made here too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::host;
 use super::metrics::{JobFigures, VolumeFigures};
+use crate::docker::containers;
+use crate::error::{Error, Result, exit};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VolumeStatus {
@@ -87,7 +91,7 @@ pub fn write(path: &Path, status: &AgentStatus) -> std::io::Result<()> {
 }
 
 /// Reads the status file; None when it does not exist, an error when it is damaged.
-pub fn read(path: &Path) -> Result<Option<AgentStatus>, String> {
+pub fn read(path: &Path) -> std::result::Result<Option<AgentStatus>, String> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             format!(
@@ -100,10 +104,58 @@ pub fn read(path: &Path) -> Result<Option<AgentStatus>, String> {
     }
 }
 
-/// Unix time as RFC 3339, for people.
-pub fn when(t: Option<f64>) -> String {
-    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
-        .map(crate::fmt::format_time)
-        .map(|s| format!("{}Z", &s[..19]))
-        .unwrap_or_else(|| "-".into())
+/// What `volguard status` reports: the status file, whether the agent runs, its health,
+/// and the host and agent process as they are now.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub status: AgentStatus,
+    pub running: bool,
+    /// "ok", "failing" or "not running".
+    pub health: &'static str,
+    pub failing: Vec<String>,
+    pub system: host::SystemFacts,
+    /// The agent's process; None when it does not run.
+    pub process: Option<host::ProcessFacts>,
+}
+
+impl StatusReport {
+    /// 0 when the agent runs and nothing is failing, 3 when it runs with failures, 1 when
+    /// it does not run.
+    pub fn exit_code(&self) -> i32 {
+        match self.health {
+            "ok" => exit::OK,
+            "failing" => exit::PARTIAL,
+            _ => exit::ERROR,
+        }
+    }
+}
+
+/// Reads the status file and judges it; an error when the agent has never run here.
+pub fn report() -> Result<StatusReport> {
+    let path = path();
+    let st = read(&path).map_err(Error::Other)?;
+    let Some(st) = st else {
+        return Err(Error::Other(format!(
+            "no agent status at {}: the agent has never run on this host (systemctl start volguard)",
+            path.display()
+        )));
+    };
+    let running = st.activity != "stopped" && containers::pid_alive(st.pid as i64);
+    let failing = st.failing();
+    let health = match (running, failing.is_empty()) {
+        (false, _) => "not running",
+        (true, true) => "ok",
+        (true, false) => "failing",
+    };
+    // Live, not from the file: the host now, and the agent's process if it runs.
+    let process = running.then(|| host::process(st.pid)).flatten();
+    Ok(StatusReport {
+        status: st,
+        running,
+        health,
+        failing,
+        system: host::system(),
+        process,
+    })
 }

@@ -1,5 +1,6 @@
 //! The command line: the global flags, one file per command (its arguments, its handler
-//! and its text rendering), and the dispatch from a parsed command to its handler.
+//! and its text rendering), and the dispatch from a parsed command to its handler. Names,
+//! flags and exit codes follow docs/design.md, Conventions.
 
 mod backup;
 mod bucket;

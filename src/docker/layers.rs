@@ -1,8 +1,9 @@
 //! Where a container's writable layer and its image layers are on disk, per storage layout
-//! (DESIGN §4): the overlay2 graphdriver (`overlay2/<mount-id>/diff` plus `lower` links) or
-//! the containerd snapshotter (Docker Engine 29's default: `snapshots/<id>/fs` directories
-//! of containerd's overlayfs snapshotter, found through its own bbolt `metadata.db`). Both
-//! are overlayfs upper and lower directories in the end, read the same way.
+//! (docs/design.md, Reading Docker state): the overlay2 graphdriver
+//! (`overlay2/<mount-id>/diff` plus `lower` links) or the containerd snapshotter (Docker
+//! Engine 29's default: `snapshots/<id>/fs` directories of containerd's overlayfs
+//! snapshotter, found through its own bbolt `metadata.db`). Both are overlayfs upper and
+//! lower directories in the end, read the same way.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

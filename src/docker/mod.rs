@@ -1,7 +1,8 @@
-//! The read-only view of Docker's on-disk state (DESIGN §4): where the data root is, which
-//! volumes exist ([`volumes`], from `metadata.db` through [`bolt`]), which containers exist
-//! and what they mount ([`containers`]). Nothing here talks to dockerd except [`api`],
-//! which only ever creates volumes, and nothing takes a lock.
+//! The read-only view of Docker's on-disk state (docs/design.md, Reading Docker state):
+//! where the data root is, which volumes exist ([`volumes`], from `metadata.db` through
+//! [`bolt`]), which containers exist and what they mount ([`containers`]). Nothing here
+//! talks to dockerd except [`api`], which only ever creates volumes, and nothing takes a
+//! lock.
 
 pub mod api;
 pub mod bolt;

@@ -1,4 +1,4 @@
-//! The raw fanotify reader in FID mode (DESIGN §5). `nix::sys::fanotify` drops the info
+//! The raw fanotify reader in FID mode (docs/design.md, Watcher). `nix::sys::fanotify` drops the info
 //! records that carry directory handles and names, so this module talks to the kernel with
 //! `libc` directly. All of the watcher's `unsafe` lives here: four syscalls
 //! (`fanotify_init`, `fanotify_mark`, `open_by_handle_at`, `read`), each wrapped in a

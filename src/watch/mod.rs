@@ -1,4 +1,4 @@
-//! `volguard watch` (DESIGN §5): every change to Docker volume data, who made it, and a
+//! `volguard watch` (docs/design.md, Watcher): every change to Docker volume data, who made it, and a
 //! warning when that was neither Docker nor a container that mounts the volume.
 //!
 //! fanotify events ([`fanotify`]) are read in batches. Right after a read, each event's

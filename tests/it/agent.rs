@@ -176,6 +176,13 @@ fn http_get(agent: &AgentProc, addr: &str, path: &str) -> String {
     out
 }
 
+/// The value of an unlabelled metric in exposition text; panics when it is missing.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 #[test]
 fn agent_notifies_schedules_reloads_and_stops_within_its_bound() {
     require_docker();
@@ -215,6 +222,23 @@ fn agent_notifies_schedules_reloads_and_stops_within_its_bound() {
         metrics.contains(&format!("volguard_backups_total{{volume=\"{a}\"}}")),
         "{metrics}"
     );
+    // Host and process gauges, real values of this host and the agent's process.
+    let total = metric_value(&metrics, "volguard_host_memory_total_bytes");
+    let available = metric_value(&metrics, "volguard_host_memory_available_bytes");
+    assert!(total > 0.0 && available <= total, "{metrics}");
+    for load in [
+        "volguard_host_load1",
+        "volguard_host_load5",
+        "volguard_host_load15",
+    ] {
+        assert!(metric_value(&metrics, load) >= 0.0, "{metrics}");
+    }
+    assert!(metric_value(&metrics, "volguard_host_uptime_seconds") > 0.0);
+    let rss = metric_value(&metrics, "volguard_process_resident_memory_bytes");
+    assert!(rss > 0.0 && rss < total, "{metrics}");
+    // Two backups have run: the agent has used CPU.
+    assert!(metric_value(&metrics, "volguard_process_cpu_seconds_total") > 0.0);
+    assert!(metrics.contains("# TYPE volguard_process_cpu_seconds_total counter\n"));
 
     // The agent runs the watcher: a host process writing into `a` is a foreign write.
     std::fs::write(volume_data_dir(&a).join("planted"), b"x").unwrap();
@@ -269,6 +293,33 @@ fn agent_notifies_schedules_reloads_and_stops_within_its_bound() {
     assert_eq!(st["running"], true, "{st:#}");
     assert_eq!(st["health"], "ok", "{st:#}");
     assert_eq!(out.status.code(), Some(0));
+    // With the host's facts and the agent process's, read now.
+    let sys = &st["system"];
+    let total = sys["memory_total_bytes"].as_u64().unwrap_or(0);
+    assert!(total > 0, "{st:#}");
+    assert!(
+        sys["memory_available_bytes"].as_u64().unwrap() <= total,
+        "{st:#}"
+    );
+    for load in ["load1", "load5", "load15"] {
+        assert!(sys[load].as_f64().unwrap() >= 0.0, "{st:#}");
+    }
+    assert!(sys["uptime_seconds"].as_u64().unwrap() > 0, "{st:#}");
+    let process = &st["process"];
+    assert_eq!(process["pid"].as_u64(), Some(u64::from(agent.child.id())));
+    let rss = process["resident_memory_bytes"].as_u64().unwrap_or(0);
+    assert!(rss > 0 && rss < total, "{st:#}");
+    assert!(
+        process["cpu_seconds_total"].as_f64().unwrap() > 0.0,
+        "{st:#}"
+    );
+    // The text form says the same in two lines.
+    let mut c = repo.cmd();
+    c.env("VOLGUARD_STATE_DIR", agent.dir.join("state"))
+        .arg("status");
+    let text = String::from_utf8(c.output().unwrap().stdout).unwrap();
+    assert!(text.contains("\nsystem: memory "), "{text}");
+    assert!(text.contains("\nagent process: "), "{text}");
 
     // SIGTERM while the big volume is being backed up: gone within the 1 s bound (plus
     // slack for a loaded machine), and the repository is consistent.

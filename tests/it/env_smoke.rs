@@ -1,4 +1,4 @@
-//! Proves the test environment (DESIGN.md §7) that every Docker-backed
+//! Proves the test environment (docs/design.md, Test environment) that every Docker-backed
 //! integration test relies on, and exercises the shared helpers in `common`:
 //! a real dockerd answers, the offline busybox image runs with networking off,
 //! and a named volume's data shows up on the host under
@@ -80,7 +80,7 @@ fn test_repo_has_private_hex_key_and_isolated_config() {
     assert!(r.repo.starts_with(r.path()));
     assert!(volguard_bin().is_file());
 
-    // Global flags come before the subcommand (DESIGN.md §8).
+    // Global flags come before the subcommand (docs/design.md, Conventions).
     let mut c = r.cmd();
     c.arg("snapshots");
     let args: Vec<String> = c

@@ -3,9 +3,9 @@
 //!
 //! Why this exists: every integration test needs the same plumbing: a throwaway
 //! repository with a key file, a `volguard` command whose global flags never
-//! pick up the host's configuration, and a real dockerd (DESIGN.md §6/§7) with
-//! uniquely named containers and volumes that are removed even when a test
-//! panics. The environment is prepared by `tests/env/setup.sh` (run by
+//! pick up the host's configuration, and a real dockerd (docs/design.md,
+//! Conventions and Test environment) with uniquely named containers and volumes
+//! that are removed even when a test panics. The environment is prepared by `tests/env/setup.sh` (run by
 //! `tests/run.sh`); tests FAIL, never skip, when it is missing.
 #![allow(dead_code)]
 
