@@ -11,7 +11,7 @@ pub mod crypto;
 pub mod error;
 #[path = "../../../src/ids.rs"]
 pub mod ids;
-#[path = "../../../src/ops/import.rs"]
+#[path = "../../../src/ops/import/archive.rs"]
 pub mod import;
 #[path = "../../../src/repo/format/index.rs"]
 pub mod index;

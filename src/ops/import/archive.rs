@@ -1,6 +1,4 @@
-//! `import`: turn tar archives made by other tools (`docker run ... tar czf`, offen/
-//! docker-volume-backup, a cron job) into snapshots, so a user's backup history moves into
-//! the repository and deduplicates there.
+//! The archives `import` reads: finding them, dating them and unpacking them safely.
 //!
 //! An archive (plain, gzip or zstd, told apart by its first bytes) is unpacked into a
 //! private scratch directory with the tar crate's path checks (no entry lands outside
@@ -16,8 +14,6 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::ops::backup;
-use crate::repo::Repository;
 
 /// One archive to import and the time its snapshot gets.
 #[derive(Debug, Clone)]
@@ -26,83 +22,6 @@ pub struct Archive {
     pub time: OffsetDateTime,
     /// Where the time came from, for the report: "name", "mtime" or "--time".
     pub time_from: &'static str,
-}
-
-/// How `import` files the archives.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The volume the snapshots are filed under.
-    pub volume: String,
-    /// Leading path components to drop, like tar's.
-    pub strip_components: usize,
-    /// Where archives are unpacked before the backup.
-    pub scratch_parent: PathBuf,
-    pub tags: Vec<String>,
-    pub host: String,
-}
-
-/// One archive imported.
-#[derive(Debug, Clone)]
-pub struct Imported {
-    pub archive: Archive,
-    pub report: backup::Report,
-}
-
-/// Imports `archives` in order: each is unpacked into a scratch directory and backed up
-/// from there with the archive's time. The first failure stops the run (later archives
-/// would otherwise be filed without the history before them); `done` hears of each
-/// archive as it is imported.
-pub fn run(
-    repo: &Repository,
-    archives: &[Archive],
-    opts: &Options,
-    progress: &dyn Fn(&str) -> Option<indicatif::ProgressBar>,
-    done: &mut dyn FnMut(&Imported),
-) -> Result<Vec<Imported>> {
-    // Epochs mode: imported snapshots keep their old times but their objects are created
-    // now, so they belong to the current epoch.
-    repo.enter_epoch(std::time::SystemTime::now());
-    let (mut index, marked) = crate::ops::prune::load_index_for_write(repo)?;
-    let mut imported = Vec::new();
-    for ar in archives {
-        let span = tracing::info_span!("import", archive = %ar.path.display());
-        let _g = span.enter();
-        let scratch = Scratch::new(&opts.scratch_parent)?;
-        let root = unpack(&ar.path, scratch.path(), opts.strip_components)?;
-        let source = backup::Source {
-            name: opts.volume.clone(),
-            path: root,
-            origin: Some(ar.path.display().to_string()),
-            docker_volume: None,
-        };
-        let backup_opts = backup::Options {
-            tags: opts.tags.clone(),
-            host: opts.host.clone(),
-            time: Some(ar.time),
-            progress: progress(&opts.volume),
-            marked: marked.clone(),
-            wait_for_others: crate::repo::inflight::DEFAULT_WAIT,
-            read_done: None,
-        };
-        let r = backup::run(repo, &mut index, &source, &backup_opts);
-        if let Some(p) = &backup_opts.progress {
-            p.finish_and_clear();
-        }
-        let report = r.map_err(|e| {
-            Error::Other(format!(
-                "import of {} failed: {e}; {} archive(s) before it were imported",
-                ar.path.display(),
-                imported.len()
-            ))
-        })?;
-        let one = Imported {
-            archive: ar.clone(),
-            report,
-        };
-        done(&one);
-        imported.push(one);
-    }
-    Ok(imported)
 }
 
 /// The archive's time: `explicit` if given, else a date in its file name, else its mtime.
