@@ -4,7 +4,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use volguard::cli::{Cli, Command};
-use volguard::error::{Error, exit};
+use volguard::error::exit;
 
 /// Keeps glibc from parking freed pack buffers (16 MiB each) on per-thread heaps: with a
 /// fixed mmap threshold, large buffers go back to the kernel when freed, so RSS follows
@@ -77,10 +77,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("volguard: error: {e}");
-            match e {
-                Error::Usage(_) => exit::USAGE,
-                _ => exit::ERROR,
-            }
+            e.exit_code()
         }
     };
     std::process::exit(code);

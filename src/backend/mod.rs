@@ -81,6 +81,9 @@ pub enum BackendError {
         location: String,
         until: String,
     },
+    /// The S3 server refused the request (credentials, signature, permission).
+    #[error(transparent)]
+    Denied(#[from] crate::error::S3Refusal),
     #[error("{0}")]
     Other(String),
 }
@@ -165,9 +168,26 @@ pub struct LifecycleRule {
     pub other_filter: bool,
 }
 
+/// The kinds callers decide on stay typed (an object that is not there, a refusal by the
+/// S3 server); the rest become one line of text.
 impl From<BackendError> for crate::error::Error {
     fn from(e: BackendError) -> Self {
-        crate::error::Error::Other(e.to_string())
+        use crate::error::Error;
+        match e {
+            BackendError::Denied(r) => Error::S3Denied(r),
+            BackendError::NotFound {
+                kind,
+                name,
+                location,
+            } => Error::NotFound {
+                what: format!("object {kind:?}/{name} does not exist"),
+                location,
+                hint: "another volguard (a forget or prune) may have removed it meanwhile; \
+                       if the next run says so again, run `volguard check`"
+                    .into(),
+            },
+            e => Error::Other(e.to_string()),
+        }
     }
 }
 

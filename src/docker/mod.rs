@@ -102,15 +102,19 @@ pub fn volume_data(root: &Path, name: &str) -> Result<PathBuf> {
         return Err(Error::Other(missing_data_message(&dir, name)));
     }
     let known = list_volumes(root).unwrap_or_default();
-    Err(Error::Other(format!(
-        "no Docker volume {name:?} under {}/volumes ({}); `docker volume ls` lists them",
-        root.display(),
-        if known.is_empty() {
-            "there are none".to_string()
-        } else {
-            format!("found: {}", known.join(", "))
-        }
-    )))
+    Err(Error::NotFound {
+        what: format!("no Docker volume {name:?}"),
+        location: format!(
+            "{}/volumes ({})",
+            root.display(),
+            if known.is_empty() {
+                "there are none".to_string()
+            } else {
+                format!("found: {}", known.join(", "))
+            }
+        ),
+        hint: "`docker volume ls` lists them".into(),
+    })
 }
 
 /// Where a backup reads a volume from, and the definition to record with it.

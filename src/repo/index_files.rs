@@ -66,11 +66,14 @@ impl Repository {
                 return Ok(problems);
             }
         }
-        Err(Error::Other(format!(
-            "index files of {} kept vanishing while being read ({LISTINGS} listings): is a \
-             prune running in a loop? Try again",
-            self.location()
-        )))
+        Err(Error::Locked {
+            what: format!("the index of {}", self.location()),
+            by: format!(
+                "another operation that keeps replacing its files (a prune running in a \
+                 loop?): they vanished while being read in {LISTINGS} listings in a row"
+            ),
+            hint: "nothing was changed; run the command again once that has finished".into(),
+        })
     }
 
     /// Adds to `index`, in memory only, every stored pack it does not know, from the pack's
@@ -150,5 +153,95 @@ impl Repository {
             l.note_index(&id.to_hex(), file);
         }
         Ok((id, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::backend::{Backend, BackendError, ObjectInfo};
+    use crate::repo::DEFAULT_CHUNKER;
+    use crate::repo::format::crypto::Secret;
+
+    /// A local store in which, as while a prune keeps replacing index files, every listing
+    /// of `index/` names one more file that is gone by the time it is read.
+    struct Churning {
+        inner: LocalBackend,
+        listings: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Backend for Churning {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn exists(&self, kind: Kind, name: &str) -> Result<bool, BackendError> {
+            self.inner.exists(kind, name).await
+        }
+        async fn put(&self, kind: Kind, name: &str, data: Bytes) -> Result<(), BackendError> {
+            self.inner.put(kind, name, data).await
+        }
+        async fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, BackendError> {
+            self.inner.get(kind, name).await
+        }
+        async fn get_range_into(
+            &self,
+            kind: Kind,
+            name: &str,
+            offset: u64,
+            len: u64,
+            buf: &mut Vec<u8>,
+        ) -> Result<(), BackendError> {
+            self.inner
+                .get_range_into(kind, name, offset, len, buf)
+                .await
+        }
+        async fn list(&self, kind: Kind) -> Result<Vec<ObjectInfo>, BackendError> {
+            let mut out = self.inner.list(kind).await?;
+            if kind == Kind::Index {
+                let n = self.listings.fetch_add(1, Ordering::Relaxed);
+                out.push(ObjectInfo {
+                    name: format!("replaced-{n}"),
+                    size: 1,
+                    modified: None,
+                });
+            }
+            Ok(out)
+        }
+        async fn delete(&self, kind: Kind, name: &str) -> Result<(), BackendError> {
+            self.inner.delete(kind, name).await
+        }
+        async fn create(&self) -> Result<(), BackendError> {
+            self.inner.create().await
+        }
+    }
+
+    /// Index files that keep vanishing under the reader end the command as `Locked`
+    /// (exit 11: run it again later), not as damage.
+    #[test]
+    fn index_files_replaced_under_every_listing_are_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Churning {
+            inner: LocalBackend::new(dir.path().join("repo")),
+            listings: AtomicUsize::new(0),
+        });
+        let repo = Repository::init(
+            store.clone(),
+            &Secret::KeyFile(vec![7; 32]),
+            DEFAULT_CHUNKER,
+        )
+        .unwrap();
+        let err = repo.load_index().map(|_| ()).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), crate::error::exit::LOCKED);
+        assert!(err.to_string().contains("run the command again"), "{err}");
+        assert_eq!(store.listings.load(Ordering::Relaxed), 5);
     }
 }

@@ -64,10 +64,11 @@ impl Repository {
             .filter(|(_, s)| s.volume == volume)
             .collect();
         if of_volume.is_empty() {
-            return Err(Error::Other(format!(
-                "no snapshot of {volume:?} in {}; `volguard snapshots` lists what there is{rejected}",
-                self.location()
-            )));
+            return Err(Error::NotFound {
+                what: format!("no snapshot of {volume:?}"),
+                location: self.location(),
+                hint: format!("`volguard snapshots` lists what there is{rejected}"),
+            });
         }
         // Epochs mode: what follows reads the snapshot's own epoch only.
         let focus = |found: (SnapshotId, Snapshot)| {
@@ -85,9 +86,13 @@ impl Repository {
             .collect();
         match matches.len() {
             1 => Ok(focus(matches.into_iter().next().expect("one"))),
-            0 => Err(Error::Other(format!(
-                "no snapshot of {volume:?} has an id starting with {which:?}{rejected}"
-            ))),
+            0 => Err(Error::NotFound {
+                what: format!("no snapshot of {volume:?} has an id starting with {which:?}"),
+                location: self.location(),
+                hint: format!(
+                    "`volguard snapshots --volume {volume}` lists its snapshots{rejected}"
+                ),
+            }),
             n => Err(Error::Other(format!(
                 "{n} snapshots of {volume:?} start with {which:?}; give more characters"
             ))),

@@ -26,7 +26,7 @@ fn wrong_key_is_named_as_such_and_changes_nothing() {
         .arg("snapshots")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(12));
     assert!(
         stderr(&out).contains("wrong key or password"),
         "{}",
@@ -39,7 +39,7 @@ fn wrong_key_is_named_as_such_and_changes_nothing() {
 fn a_missing_repository_is_reported_with_what_to_do() {
     let repo = TestRepo::new();
     let out = repo.run(&["snapshots"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(10));
     let e = stderr(&out);
     assert!(
         e.contains("no repository at") && e.contains("volguard init"),

@@ -25,6 +25,7 @@ mod daemon_stopped;
 mod drill;
 mod env_smoke;
 mod epochs;
+mod exit_codes;
 mod export;
 mod forget;
 mod hostile_repo;

@@ -4,6 +4,19 @@
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use super::{Backend, BackendError, Kind, MAX_ATTEMPTS, READ_TIMEOUT, S3Backend};
+use crate::error::S3Refusal;
+
+/// Error codes by which an S3 server refuses a request for its credentials or their
+/// permissions (AWS's, and what SeaweedFS, Garage and MinIO answer).
+const DENIED: &[&str] = &[
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+    "AccountProblem",
+];
 
 impl S3Backend {
     /// One line: operation, object, endpoint, service error code, message, HTTP status.
@@ -38,10 +51,20 @@ impl S3Backend {
                 _ => one_line(&DisplayErrorContext(err).to_string()),
             },
         };
+        let denied = status == Some(403) || err.code().is_some_and(|c| DENIED.contains(&c));
         let status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+        let object = format!("s3://{}/{key}", self.bucket);
+        if denied {
+            return BackendError::Denied(S3Refusal {
+                op: op.to_string(),
+                object,
+                endpoint: self.endpoint.clone(),
+                answer: format!("{what}{status}"),
+            });
+        }
         BackendError::Other(format!(
-            "S3 {op} of s3://{}/{key} at {} failed: {what}{status}",
-            self.bucket, self.endpoint
+            "S3 {op} of {object} at {} failed: {what}{status}",
+            self.endpoint
         ))
     }
 
