@@ -64,8 +64,13 @@ pub(super) fn run(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     let report = batch::run(&repo, &ctx.docker_root, selected, &opts, &|name| {
         progress(ctx, None, name)
     })?;
-    let code = if !report.failed.is_empty() {
-        exit::ERROR
+    let code = if let Some(first) = report.failed.first() {
+        // One kind of failure keeps its own code (11: run again after the prune).
+        if report.failed.iter().all(|f| f.exit_code == first.exit_code) {
+            first.exit_code
+        } else {
+            exit::ERROR
+        }
     } else if report.partial() {
         exit::PARTIAL
     } else {

@@ -139,14 +139,17 @@ impl MarkedPacks {
                 continue;
             }
             if let Some(p) = mark.packs.iter().find(|p| reused.contains(p)) {
-                return Err(Error::Other(format!(
-                    "prune (on {}) marked pack {} for deletion while this backup was running, and \
-                     this backup reuses data from it; its snapshot was not written so that it \
-                     cannot end up pointing at deleted data. Run the backup again: it will upload \
-                     that data anew (marks/{name})",
-                    mark.host,
-                    p.short()
-                )));
+                return Err(Error::Locked {
+                    what: format!("pack {}, which this backup reuses,", p.short()),
+                    by: format!(
+                        "a prune on {} that marked it for deletion while this backup was \
+                         running (marks/{name})",
+                        mark.host
+                    ),
+                    hint: "the snapshot was not written so that it cannot end up pointing at \
+                           deleted data. Run the backup again: it will upload that data anew"
+                        .into(),
+                });
             }
         }
         Ok(())

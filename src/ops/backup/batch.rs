@@ -41,6 +41,9 @@ impl Selection {
 pub struct Failed {
     pub volume: String,
     pub error: String,
+    /// The exit code the error stands for (11 when a concurrent prune got in the way).
+    #[serde(skip)]
+    pub exit_code: i32,
 }
 
 /// What a run did: a report per snapshot written, the sources that failed, and what was
@@ -180,6 +183,7 @@ pub fn run(
                 report.failed.push(Failed {
                     volume: src.name.clone(),
                     error: e.to_string(),
+                    exit_code: e.exit_code(),
                 });
             }
         }
