@@ -262,7 +262,7 @@ pub trait Backend: Send + Sync {
         2
     }
 
-    // --- Object Lock and bucket rules (S3 only; see lock.rs and bucket.rs) ---
+    // --- Object Lock and bucket rules (S3 only; see repo/retention.rs and ops/bucket.rs) ---
 
     /// Stores an object with an Object Lock retention (mode, retain-until date).
     async fn put_locked(

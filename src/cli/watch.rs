@@ -1,6 +1,5 @@
-//! The `watch` and `events` commands: thin wrappers that print what [`super::run`] reports
-//! and what the event log holds. Kept here, not in cmd.rs, so the watcher's CLI surface
-//! lives with the watcher.
+//! The `watch` and `events` commands: thin wrappers that print, as JSON lines or text
+//! lines while they come, what `watch::run` reports and what the event log holds.
 
 use std::io::Write;
 use std::path::Path;

@@ -46,7 +46,7 @@ type Wrapped = (
     Option<Arc<crate::repo::epochs::Epochs>>,
 );
 
-/// In object-lock mode, wraps the backend so every write carries retention (lock.rs).
+/// In object-lock mode, wraps the backend so every write carries retention (repo/retention.rs).
 fn wrap_for_retention(backend: Arc<dyn Backend>, config: &RepoConfig) -> Wrapped {
     match config.retention {
         crate::repo::retention::RetentionConfig::ObjectLock {
