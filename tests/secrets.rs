@@ -60,12 +60,12 @@ fn the_key_and_password_never_appear_in_logs() {
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         all += &text(&out);
     }
-    // A wrong password's error must not echo either one.
+    // A wrong password's error (exit 12, restic's code) must not echo either one.
     let out = with_password(&repo, "the-wrong-one")
         .arg("snapshots")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(12));
     all += &text(&out);
     // (A local repository logs little even at trace; the S3 SDK's trace output is not
     // covered here.)
