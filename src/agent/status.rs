@@ -111,12 +111,33 @@ pub struct StatusReport {
     #[serde(flatten)]
     pub status: AgentStatus,
     pub running: bool,
-    /// "ok", "failing" or "not running".
-    pub health: &'static str,
+    pub health: Health,
     pub failing: Vec<String>,
     pub system: host::SystemFacts,
     /// The agent's process; None when it does not run.
     pub process: Option<host::ProcessFacts>,
+}
+
+/// The agent's health as `status` judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Health {
+    #[serde(rename = "ok")]
+    Ok,
+    #[serde(rename = "failing")]
+    Failing,
+    #[serde(rename = "not running")]
+    NotRunning,
+}
+
+impl Health {
+    /// The words the JSON and the text use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Failing => "failing",
+            Health::NotRunning => "not running",
+        }
+    }
 }
 
 impl StatusReport {
@@ -124,9 +145,9 @@ impl StatusReport {
     /// it does not run.
     pub fn exit_code(&self) -> i32 {
         match self.health {
-            "ok" => exit::OK,
-            "failing" => exit::PARTIAL,
-            _ => exit::ERROR,
+            Health::Ok => exit::OK,
+            Health::Failing => exit::PARTIAL,
+            Health::NotRunning => exit::ERROR,
         }
     }
 }
@@ -144,9 +165,9 @@ pub fn report() -> Result<StatusReport> {
     let running = st.activity != "stopped" && containers::pid_alive(st.pid as i64);
     let failing = st.failing();
     let health = match (running, failing.is_empty()) {
-        (false, _) => "not running",
-        (true, true) => "ok",
-        (true, false) => "failing",
+        (false, _) => Health::NotRunning,
+        (true, true) => Health::Ok,
+        (true, false) => Health::Failing,
     };
     // Live, not from the file: the host now, and the agent's process if it runs.
     let process = running.then(|| host::process(st.pid)).flatten();

@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::parse_percent;
-use super::render::{Render, emit, emit_text_now, ln};
+use super::render::{Render, emit_json, emit_text_now, ln};
 use crate::context::Ctx;
 use crate::error::{Error, Result, exit};
 use crate::ops::drill::{self, Drill};
@@ -60,13 +60,10 @@ pub(super) fn run(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
     }
     let ok = drills.iter().all(|d| d.ok);
     if ctx.json {
-        emit(
-            true,
-            &Drills {
-                drills,
-                log: log.display().to_string(),
-            },
-        );
+        emit_json(&Drills {
+            drills,
+            log: log.display().to_string(),
+        });
     }
     Ok(if ok { exit::OK } else { exit::ERROR })
 }
@@ -75,12 +72,6 @@ pub(super) fn run(ctx: &Ctx, a: &DrillArgs) -> Result<i32> {
 struct Drills {
     drills: Vec<Drill>,
     log: String,
-}
-
-impl Render for Drills {
-    fn text(&self) -> String {
-        self.drills.iter().map(|d| One(d).text()).collect()
-    }
 }
 
 #[derive(Serialize)]

@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::backup::report_line;
-use super::render::{Render, emit, emit_text_now, progress};
+use super::render::{Render, emit_json, emit_text_now, progress};
 use super::time_arg;
 use crate::context::Ctx;
 use crate::error::{Error, Result, exit};
@@ -68,7 +68,7 @@ pub(super) fn run(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
     let soft = imported.iter().any(|i| !i.report.summary.errors.is_empty());
     if ctx.json {
         let imported: Vec<Archive> = imported.iter().map(Archive).collect();
-        emit(true, &Listing { imported });
+        emit_json(&Listing { imported });
     }
     Ok(if soft { exit::PARTIAL } else { exit::OK })
 }
@@ -76,12 +76,6 @@ pub(super) fn run(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
 #[derive(Serialize)]
 struct Listing<'a> {
     imported: Vec<Archive<'a>>,
-}
-
-impl Render for Listing<'_> {
-    fn text(&self) -> String {
-        self.imported.iter().map(Render::text).collect()
-    }
 }
 
 /// One imported archive: its backup report with where it came from and its time.

@@ -93,7 +93,7 @@ impl Render for StatusReport {
                 j.last_error.as_deref().unwrap_or("")
             );
         }
-        ln!(t, "health: {}", r.health);
+        ln!(t, "health: {}", r.health.as_str());
         for f in &r.failing {
             ln!(t, "  failing: {f}");
         }
