@@ -116,7 +116,13 @@ struct Shape {
 impl Shape {
     /// The cache directory does not depend on the snapshot count (see `populate`).
     fn cache_name(self) -> String {
-        format!("f{}-w{}", self.files, self.window)
+        // The restic version is in the name: a repository made by another release is not reused.
+        format!(
+            "f{}-w{}-restic{}",
+            self.files,
+            self.window,
+            common::anchors::RESTIC_VERSION
+        )
     }
 
     fn work_name(self) -> String {
@@ -127,6 +133,8 @@ impl Shape {
 /// Paths of one tool set inside a directory (the cache or the work copy).
 struct Repos {
     root: PathBuf,
+    /// restic 0.18 from Debian 13's package (benches/common/anchors.rs).
+    restic_bin: PathBuf,
 }
 
 impl Repos {
@@ -155,7 +163,7 @@ impl Repos {
     }
 
     fn restic_cmd(&self) -> Command {
-        let mut cmd = Command::new("restic");
+        let mut cmd = Command::new(&self.restic_bin);
         cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
             .arg("--repo")
             .arg(self.restic())
@@ -185,8 +193,10 @@ fn main() -> Result<()> {
         window: args.window.max(1),
     };
     let bin = resolve_volguard(&args)?;
+    let restic_bin = common::anchors::restic()?;
     let cached = Repos {
         root: args.cache.join(shape.cache_name()),
+        restic_bin: restic_bin.clone(),
     };
     let populated = populate(&cached, &bin, shape)?;
     let restic_blob_count = restic_blobs(&cached)?;
@@ -194,6 +204,7 @@ fn main() -> Result<()> {
     fs::create_dir_all(&args.workdir)?;
     let work = Repos {
         root: args.workdir.join(shape.work_name()),
+        restic_bin,
     };
     if work.root.exists() {
         fs::remove_dir_all(&work.root)
@@ -635,7 +646,9 @@ fn report(
         populated.data_bytes as f64 / MIB,
         POLICY.join(" "),
         version(Command::new(bin).arg("--version")),
-        version(Command::new("restic").arg("version")),
+        common::anchors::restic()
+            .map(|r| version(Command::new(r).arg("version")))
+            .unwrap_or_else(|e| format!("restic: {e:#}")),
         args.scale,
         if runner_cold(args) {
             "dropped before each timed run"

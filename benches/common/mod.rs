@@ -5,6 +5,7 @@
 //! chunk size chosen by the sweep would be tuned to data the end-to-end bench
 //! never sees. Everything here is deterministic: same seed, same bytes.
 
+pub mod anchors;
 pub mod db;
 pub mod media;
 

@@ -133,7 +133,12 @@ pub fn make(
             let bin = volguard.context("volguard selected but no binary resolved")?;
             Box::new(Volguard::new(bin.to_path_buf(), storage, scratch, data))
         }
-        ToolId::Restic => Box::new(Restic::new(storage, scratch, data)),
+        ToolId::Restic => Box::new(Restic::new(
+            crate::common::anchors::restic()?,
+            storage,
+            scratch,
+            data,
+        )),
         ToolId::Tar => {
             let Storage::Dir(dir) = storage else {
                 bail!("tar|zstd has no S3 backend; it only runs with --backend local");
@@ -311,6 +316,8 @@ fn parse_volguard_summary(stdout: &str) -> Result<BackupSummary> {
 // ------------------------------------------------------------------ restic
 
 struct Restic {
+    /// restic 0.18 from Debian 13's package (benches/common/anchors.rs).
+    bin: PathBuf,
     storage: Storage,
     /// Outside the repository so that it does not count as stored bytes, and
     /// outside $HOME so that runs do not share (or pollute) a cache. With S3
@@ -320,8 +327,9 @@ struct Restic {
 }
 
 impl Restic {
-    fn new(storage: Storage, scratch: &Path, data: PathBuf) -> Self {
+    fn new(bin: PathBuf, storage: Storage, scratch: &Path, data: PathBuf) -> Self {
         Self {
+            bin,
             cache: scratch.with_extension("cache"),
             storage,
             data,
@@ -335,7 +343,7 @@ impl Restic {
             Storage::Dir(dir) => dir.into(),
             Storage::Bucket { server, bucket } => format!("s3:{}/{bucket}", server.endpoint).into(),
         };
-        let mut cmd = Command::new("restic");
+        let mut cmd = Command::new(&self.bin);
         apply_s3_env(&mut cmd, &self.storage);
         cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
             .arg("--repo")
@@ -390,7 +398,7 @@ impl Tool for Restic {
     }
 
     fn version(&self) -> String {
-        version_of(Command::new("restic").arg("version"))
+        version_of(Command::new(&self.bin).arg("version"))
     }
 }
 
