@@ -242,7 +242,8 @@ fn main() -> Result<()> {
         rs.snapshots_after
     );
 
-    let table = report(&args, shape, &populated, restic_blob_count, &bin, &vg, &rs);
+    let bins = (bin.as_path(), work.restic_bin.as_path());
+    let table = report(&args, shape, &populated, restic_blob_count, bins, &vg, &rs);
     println!("{table}");
     let out = common::target_dir()?.join("bench-prune.md");
     fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
@@ -609,7 +610,7 @@ fn report(
     shape: Shape,
     populated: &Progress,
     restic_blobs: u64,
-    bin: &Path,
+    (bin, restic_bin): (&Path, &Path),
     vg: &Measured,
     rs: &Measured,
 ) -> String {
@@ -646,9 +647,7 @@ fn report(
         populated.data_bytes as f64 / MIB,
         POLICY.join(" "),
         version(Command::new(bin).arg("--version")),
-        common::anchors::restic()
-            .map(|r| version(Command::new(r).arg("version")))
-            .unwrap_or_else(|e| format!("restic: {e:#}")),
+        version(Command::new(restic_bin).arg("version")),
         args.scale,
         if runner_cold(args) {
             "dropped before each timed run"

@@ -6,8 +6,6 @@
 //! hash, and the static binary inside is unpacked under `~/.cache/volguard/anchors/`. Later
 //! runs reuse the cached binary after checking its version.
 
-#![allow(dead_code)] // not every bench that includes common/ runs restic
-
 use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +15,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// Debian 13's index of amd64 packages.
 const INDEX: &str = "dists/trixie/main/binary-amd64/Packages.xz";
 /// The restic release the benches are anchored to.
+#[allow(dead_code)] // not every bench that includes common/ runs restic
 pub const RESTIC_VERSION: &str = "0.18";
 
 /// Where the anchors are cached: outside any clone, so a fresh checkout reuses them.
@@ -28,6 +27,7 @@ fn cache_dir() -> Result<PathBuf> {
 
 /// Path to a restic 0.18 binary, fetching it from Debian 13's package on first use.
 /// `VOLGUARD_BENCH_RESTIC` overrides it (for a restic built elsewhere); it must still be 0.18.
+#[allow(dead_code)] // not every bench that includes common/ runs restic
 pub fn restic() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VOLGUARD_BENCH_RESTIC") {
         let p = PathBuf::from(p);
