@@ -129,7 +129,7 @@ impl Which {
         }
         if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::Usage(format!(
-                "{s:?} names no snapshot: give `latest`, a snapshot id or a unique prefix of                  one (hex), or @TIME (@2026-12-01, @2026-12-01T10:00, @3d)"
+                "{s:?} names no snapshot: give `latest`, a snapshot id or a unique prefix of one (hex), or @TIME (@2026-12-01, @2026-12-01T10:00, @3d)"
             )));
         }
         Ok(Which::Prefix(s.to_ascii_lowercase()))
