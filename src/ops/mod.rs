@@ -1,8 +1,9 @@
 //! The operations on a repository, each taking library option types and returning a
-//! report for the front end to render: backup, restore, check, forget, prune, repair,
-//! drill, import, diff and the bucket reports.
+//! report for the front end to render: backup, restore, browse (ls, find, dump), check,
+//! forget, prune, repair, drill, import, diff and the bucket reports.
 
 pub mod backup;
+pub mod browse;
 pub mod bucket;
 pub mod check;
 pub mod diff;
