@@ -14,6 +14,7 @@ mod import;
 mod init;
 mod inventory;
 mod layer_diff;
+mod mount;
 mod prune;
 mod render;
 mod repair;
@@ -42,6 +43,7 @@ pub use import::ImportArgs;
 pub use init::InitArgs;
 pub use inventory::InventoryArgs;
 pub use layer_diff::LayerDiffArgs;
+pub use mount::MountArgs;
 pub use prune::PruneArgs;
 pub use repair::RepairArgs;
 pub use restore::RestoreArgs;
@@ -121,6 +123,9 @@ pub enum Command {
     /// Rebuild the index from the packs themselves and mark the snapshots that are damaged
     /// (good snapshots are left as they are; `snapshots` shows the mark).
     Repair(RepairArgs),
+    /// Mount every snapshot as a read-only filesystem (FUSE): by-volume/VOLUME/TIME/,
+    /// by-host/HOST/VOLUME/TIME/ and `latest` links; runs until unmounted.
+    Mount(MountArgs),
     /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
@@ -170,6 +175,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore::run(&ctx, &a),
         Command::Export(a) => export::run(&ctx, &a),
         Command::Import(a) => import::run(&ctx, &a),
+        Command::Mount(a) => mount::run(&ctx, &a),
         Command::Drill(a) => drill::run(&ctx, &a),
         Command::Check(a) => check::run(&ctx, &a),
         Command::Forget(a) => forget::run(&ctx, &a),
