@@ -216,7 +216,13 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(counters.get(), ReadCount::default());
-            assert_eq!(b.get_range(Kind::Pack, "abcd", 100, 50).await.unwrap().len(), 50);
+            assert_eq!(
+                b.get_range(Kind::Pack, "abcd", 100, 50)
+                    .await
+                    .unwrap()
+                    .len(),
+                50
+            );
             b.get(Kind::Index, "ef01").await.unwrap();
         });
         let c = counters.get();

@@ -97,7 +97,10 @@ mod tests {
         assert!(!c.contains(&id(2)));
         assert_eq!(c.bytes(), 300);
         c.insert(id(5), Arc::new(vec![0; 1000]));
-        assert!(!c.contains(&id(5)), "a blob larger than the cache is not kept");
+        assert!(
+            !c.contains(&id(5)),
+            "a blob larger than the cache is not kept"
+        );
         c.insert(id(3), Arc::new(vec![0; 50]));
         assert_eq!(c.bytes(), 250);
     }

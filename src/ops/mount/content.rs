@@ -92,7 +92,9 @@ impl FileLayout {
     /// The blobs `first..last` (exclusive) holding the data bytes `data..data+len`.
     pub fn blob_span(&self, data: u64, len: usize) -> std::ops::Range<usize> {
         let n = self.blobs.len();
-        let first = self.starts[..n].partition_point(|&s| s <= data).saturating_sub(1);
+        let first = self.starts[..n]
+            .partition_point(|&s| s <= data)
+            .saturating_sub(1);
         let end = data + len as u64;
         let last = self.starts[..n].partition_point(|&s| s < end);
         first..last.max(first)
@@ -154,12 +156,14 @@ pub fn copy_from_blobs(
 mod tests {
     use super::*;
     use crate::ids::PackId;
-    use crate::repo::format::pack::PackEntry;
     use crate::repo::format::pack::BlobKind;
+    use crate::repo::format::pack::PackEntry;
 
     fn layout(sizes: &[u32], extents: Option<Vec<(u64, u64)>>, size: u64) -> FileLayout {
         let mut index = Index::default();
-        let ids: Vec<BlobId> = (0..sizes.len()).map(|i| BlobId([i as u8 + 1; 32])).collect();
+        let ids: Vec<BlobId> = (0..sizes.len())
+            .map(|i| BlobId([i as u8 + 1; 32]))
+            .collect();
         let entries: Vec<PackEntry> = ids
             .iter()
             .zip(sizes)
@@ -187,7 +191,14 @@ mod tests {
         let l = layout(&[100, 100, 100], None, 300);
         let (p, n) = l.pieces(150, 100);
         assert_eq!(n, 100);
-        assert_eq!(p, vec![Piece { out: 0, data: 150, len: 100 }]);
+        assert_eq!(
+            p,
+            vec![Piece {
+                out: 0,
+                data: 150,
+                len: 100
+            }]
+        );
         assert_eq!(l.blob_span(150, 100), 1..3);
         assert_eq!(l.blob_span(0, 100), 0..1);
         assert_eq!(l.blob_span(299, 1), 2..3);
@@ -204,8 +215,16 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                Piece { out: 1000, data: 0, len: 150 },
-                Piece { out: 5000, data: 150, len: 150 }
+                Piece {
+                    out: 1000,
+                    data: 0,
+                    len: 150
+                },
+                Piece {
+                    out: 5000,
+                    data: 150,
+                    len: 150
+                }
             ]
         );
         assert_eq!(l.blob_span(150, 150), 1..2);

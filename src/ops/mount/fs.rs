@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyXattr, Request,
 };
 
 use crate::backend::Kind;
@@ -131,10 +131,7 @@ impl MountFs {
     }
 
     fn index(&self) -> Arc<Index> {
-        self.index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The snapshots the mount shows: those of `--volume` and `--host` when given.
@@ -160,13 +157,16 @@ impl MountFs {
             return;
         }
         s.listed = Instant::now();
-        let names: HashSet<String> = match self.repo.block_on(self.repo.backend().list(Kind::Snapshot)) {
-            Ok(objs) => objs.into_iter().map(|o| o.name).collect(),
-            Err(e) => {
-                tracing::warn!("cannot list the snapshots again (the mount shows the last listing): {e}");
-                return;
-            }
-        };
+        let names: HashSet<String> =
+            match self.repo.block_on(self.repo.backend().list(Kind::Snapshot)) {
+                Ok(objs) => objs.into_iter().map(|o| o.name).collect(),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot list the snapshots again (the mount shows the last listing): {e}"
+                    );
+                    return;
+                }
+            };
         if names == s.names {
             return;
         }
@@ -368,7 +368,8 @@ impl MountFs {
         if sequential {
             let mut ahead = 0u64;
             let mut i = span.end;
-            while i < l.blobs.len() && ahead < READ_AHEAD_BYTES && !self.cache.contains(&l.blobs[i]) {
+            while i < l.blobs.len() && ahead < READ_AHEAD_BYTES && !self.cache.contains(&l.blobs[i])
+            {
                 ahead += l.blob_range(i).1;
                 fetch.push(i);
                 i += 1;

@@ -143,9 +143,18 @@ mod tests {
     #[test]
     fn volumes_and_hosts_are_listed_with_latest_links_and_unique_names() {
         let snaps = vec![
-            (SnapshotId([1; 32]), snap("db", "h1", "2026-12-01T10:00:00.100000000Z")),
-            (SnapshotId([2; 32]), snap("db", "h2", "2026-12-01T10:00:00.900000000Z")),
-            (SnapshotId([3; 32]), snap("web/x", "h1", "2026-12-02T10:00:00.000000000Z")),
+            (
+                SnapshotId([1; 32]),
+                snap("db", "h1", "2026-12-01T10:00:00.100000000Z"),
+            ),
+            (
+                SnapshotId([2; 32]),
+                snap("db", "h2", "2026-12-01T10:00:00.900000000Z"),
+            ),
+            (
+                SnapshotId([3; 32]),
+                snap("web/x", "h1", "2026-12-02T10:00:00.000000000Z"),
+            ),
         ];
         let l = build(&snaps);
         assert_eq!(
@@ -162,7 +171,10 @@ mod tests {
             l["by-volume/db"],
             Entry::Dir(vec![s1.clone(), s2.clone(), LATEST.into()])
         );
-        assert_eq!(l[&format!("by-volume/db/{s1}")], Entry::Snapshot(SnapshotId([1; 32])));
+        assert_eq!(
+            l[&format!("by-volume/db/{s1}")],
+            Entry::Snapshot(SnapshotId([1; 32]))
+        );
         assert_eq!(l["by-volume/db/latest"], Entry::Latest(s2));
         // One snapshot per host: no collision there, plain times.
         assert_eq!(

@@ -169,7 +169,11 @@ pub fn run(repo: Repository, opts: &MountOptions) -> Result<MountReport> {
             opts.mountpoint.display()
         ))
     })?;
-    tracing::info!("mounted {} snapshot(s) at {}", shown, opts.mountpoint.display());
+    tracing::info!(
+        "mounted {} snapshot(s) at {}",
+        shown,
+        opts.mountpoint.display()
+    );
     let signal = Arc::new(std::sync::Mutex::new(None::<String>));
     let mut signals = {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};

@@ -76,7 +76,11 @@ impl Table {
     }
 
     /// Makes the layout directories what `layout` says; paths seen before keep their inode.
-    pub fn apply(&mut self, layout: &BTreeMap<String, Entry>, snaps: &HashMap<SnapshotId, Snapshot>) {
+    pub fn apply(
+        &mut self,
+        layout: &BTreeMap<String, Entry>,
+        snaps: &HashMap<SnapshotId, Snapshot>,
+    ) {
         self.newest = snaps
             .values()
             .filter_map(|s| crate::fmt::parse_time(&s.time).ok())
