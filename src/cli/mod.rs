@@ -17,6 +17,7 @@ mod init;
 mod inventory;
 mod layer_diff;
 mod ls;
+mod mount;
 mod prune;
 mod render;
 mod repair;
@@ -48,6 +49,7 @@ pub use init::InitArgs;
 pub use inventory::InventoryArgs;
 pub use layer_diff::LayerDiffArgs;
 pub use ls::LsArgs;
+pub use mount::MountArgs;
 pub use prune::PruneArgs;
 pub use repair::RepairArgs;
 pub use restore::RestoreArgs;
@@ -133,6 +135,9 @@ pub enum Command {
     /// Rebuild the index from the packs themselves and mark the snapshots that are damaged
     /// (good snapshots are left as they are; `snapshots` shows the mark).
     Repair(RepairArgs),
+    /// Mount every snapshot as a read-only filesystem (FUSE): by-volume/VOLUME/TIME/,
+    /// by-host/HOST/VOLUME/TIME/ and `latest` links; runs until unmounted.
+    Mount(MountArgs),
     /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
@@ -185,6 +190,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Find(a) => find::run(&ctx, &a),
         Command::Dump(a) => dump::run(&ctx, &a),
         Command::Import(a) => import::run(&ctx, &a),
+        Command::Mount(a) => mount::run(&ctx, &a),
         Command::Drill(a) => drill::run(&ctx, &a),
         Command::Check(a) => check::run(&ctx, &a),
         Command::Forget(a) => forget::run(&ctx, &a),

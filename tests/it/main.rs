@@ -35,6 +35,7 @@ mod inventory;
 mod layer_backup;
 mod layer_diff;
 mod metadata_read_loop;
+mod mount;
 mod object_lock;
 mod packaging;
 mod prune;
