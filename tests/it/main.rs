@@ -10,6 +10,7 @@ mod common;
 
 mod agent;
 mod bad_input;
+mod browse;
 mod bucket_audit;
 mod cli_signals;
 mod config_errors;
