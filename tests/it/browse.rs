@@ -151,6 +151,7 @@ fn ls_find_and_dump_show_a_volume_snapshot_as_its_source() {
         &format!("{vol}:latest"),
         "--target",
         dst.to_str().unwrap(),
+        "--devices",
     ]);
     let diffs = treecmp::compare_trees(&data, &dst);
     assert!(diffs.is_empty(), "restore VOL:latest differs: {diffs:#?}");
