@@ -88,18 +88,21 @@ impl Repository {
         which: &Which,
     ) -> Result<SnapshotEntry> {
         let found = pick(all, volume, which).map_err(|e| {
-            // A snapshot object that did not open (tampered, damaged) is why the one asked
-            // for may be missing: name it rather than only saying "no snapshot".
-            let rejected = if problems.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} snapshot object(s) were rejected: {}",
+            if problems.is_empty() {
+                return Error::Usage(format!("{e} in {}", self.location()));
+            }
+            // A snapshot object that did not open (tampered, damaged) may be the one asked
+            // for: that is damage to the repository, not a mistyped name, so it is named
+            // and ends the command as a failure rather than as bad usage.
+            Error::NotFound {
+                what: e,
+                location: self.location(),
+                hint: format!(
+                    "{} snapshot object(s) were rejected: {}",
                     problems.len(),
                     problems.join("; ")
-                )
-            };
-            Error::Usage(format!("{e} in {}{rejected}", self.location()))
+                ),
+            }
         })?;
         // Epochs mode: what follows reads the snapshot's own epoch only.
         if let Some(e) = &self.epochs {

@@ -198,7 +198,8 @@ fn an_ambiguous_snapshot_prefix_is_refused_with_the_candidates() {
     let (code, err) = exit_code(&repo, &["ls", &format!("app:{shared}")]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("ambiguous") || err.contains("matches"),
+        err.contains(&format!("have ids starting with \"{shared}\""))
+            && err.contains("give more characters"),
         "{err}"
     );
 }

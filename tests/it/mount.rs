@@ -133,7 +133,8 @@ fn volume_round_trip(repo: &TestRepo) {
         .unwrap()
         .unwrap()
         .path();
-    assert_eq!(snapshot_dirs(&host_dir.join(&vol)).len(), 1);
+    let first = snapshot_dirs(&host_dir.join(&vol));
+    assert_eq!(first.len(), 1);
 
     // A new snapshot shows up while mounted.
     std::fs::write(data.join("new-file"), b"second snapshot").unwrap();
@@ -147,7 +148,12 @@ fn volume_round_trip(repo: &TestRepo) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let newest = snapshot_dirs(&vdir).pop().unwrap();
+    // Two snapshots in the same second are told apart by id, so sort order says nothing
+    // about which is newer: the new one is the name the first listing did not have.
+    let newest = snapshot_dirs(&vdir)
+        .into_iter()
+        .find(|n| !first.contains(n))
+        .unwrap();
     assert_eq!(
         std::fs::read_link(vdir.join("latest")).unwrap(),
         PathBuf::from(&newest)
