@@ -1,7 +1,7 @@
 //! `volguard mount` against real FUSE (/dev/fuse, root): a container's volume backed up
 //! and mounted equals its source path for path (local and S3), new snapshots appear while
-//! mounted, a random read fetches only its blobs (counted at the backend), a damaged blob
-//! fails only its file, and unmounting leaves no mount and no process behind.
+//! mounted, a random read fetches only its blobs (counted at the backend), `dump` streams a
+//! 1 GiB file in bounded memory, a damaged blob fails only its file, and unmounting leaves no mount and no process behind.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -226,6 +226,31 @@ fn a_read_at_the_end_of_a_large_file_fetches_only_its_blobs_and_damage_fails_one
         std::os::unix::fs::FileExt::write_all_at(&f, b"data in the middle", 32 << 20).unwrap();
     }
     repo.run_ok(&["backup", "--path", src.to_str().unwrap(), "--name", "big"]);
+
+    // `dump` streams the 1 GiB file with bounded memory and the same bytes.
+    let report = repo.path().join("dump-rss");
+    let mut dump = repo.cmd();
+    dump.args(["dump", "big:latest", "/big"]);
+    let mut child = with_peak_rss(&dump, &report)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut dumped = blake3::Hasher::new();
+    let n = std::io::copy(child.stdout.as_mut().unwrap(), &mut dumped).unwrap();
+    assert!(child.wait().unwrap().success(), "dump failed");
+    assert_eq!(n, GIB);
+    let mut source = blake3::Hasher::new();
+    std::io::copy(
+        &mut std::fs::File::open(src.join("big")).unwrap(),
+        &mut source,
+    )
+    .unwrap();
+    assert_eq!(dumped.finalize(), source.finalize(), "dump's bytes differ");
+    let rss = peak_rss_mib(&report);
+    assert!(
+        rss < 64.0,
+        "dump of a 1 GiB file peaked at {rss:.1} MiB RSS"
+    );
 
     // A byte of victim's first blob flipped in its pack.
     let lib = open_lib(&repo);
