@@ -90,7 +90,15 @@ impl Ctx {
 
     /// Opens the repository; the embedded default is created on first use.
     pub(crate) fn open(&self) -> Result<Repository> {
-        let backend = self.backend()?;
+        self.open_with(|b| b)
+    }
+
+    /// `open` with the backend wrapped first (`mount` counts what it reads this way).
+    pub(crate) fn open_with(
+        &self,
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> Result<Repository> {
+        let backend = wrap(self.backend()?);
         if self.embedded && self.secret()?.is_none() {
             return self.open_embedded(backend);
         }

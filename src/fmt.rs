@@ -83,3 +83,106 @@ pub fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
     .ok_or_else(|| format!("{s:?} is too long"))?;
     Ok(std::time::Duration::from_secs(secs))
 }
+
+/// A point in time as a person names one for `VOLUME:@WHEN` and `find --newer/--older`,
+/// returned as the span it covers (`from`, `to`; equal but for a bare date):
+/// - RFC 3339 (`2026-12-01T10:00:00Z`, `2026-12-01T12:00:00+02:00`);
+/// - `2026-12-01T10:00` or `2026-12-01T10:00:30` (also with a space), UTC;
+/// - `2026-12-01`, UTC: the whole day, so "at or before" a date includes that day;
+/// - `90s`, `30m`, `12h`, `3d`, `2w`: that long before `now`.
+pub fn parse_when(
+    s: &str,
+    now: time::OffsetDateTime,
+) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
+    use time::macros::format_description as fd;
+    use time::{PrimitiveDateTime, UtcOffset};
+    let s = s.trim();
+    let bad = || {
+        format!(
+            "{s:?} is not a time: write 2026-12-01, 2026-12-01T10:00, an RFC 3339 time, or an age \
+             like 12h, 3d or 2w"
+        )
+    };
+    if s.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_alphabetic())
+        && !s.contains('-')
+    {
+        let (num, unit) = s.split_at(s.len() - 1);
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => Some(n),
+            "m" => n.checked_mul(60),
+            "h" => n.checked_mul(3600),
+            "d" => n.checked_mul(86_400),
+            "w" => n.checked_mul(7 * 86_400),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let t = now
+            .checked_sub(time::Duration::seconds(secs))
+            .ok_or_else(bad)?;
+        return Ok((t, t));
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok((t, t));
+    }
+    let s2 = s.replacen(' ', "T", 1);
+    for f in [
+        fd!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+        fd!("[year]-[month]-[day]T[hour]:[minute]"),
+    ] {
+        if let Ok(t) = PrimitiveDateTime::parse(&s2, &f) {
+            let t = t.assume_offset(UtcOffset::UTC);
+            return Ok((t, t));
+        }
+    }
+    let day = time::Date::parse(s, &fd!("[year]-[month]-[day]")).map_err(|_| bad())?;
+    let start = day.midnight().assume_offset(UtcOffset::UTC);
+    let end = start + time::Duration::days(1) - time::Duration::nanoseconds(1);
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_takes_dates_times_and_ages() {
+        let now = parse_time("2026-12-07T12:00:00Z").unwrap();
+        let one = |s: &str| parse_when(s, now).map(|(a, b)| (format_time(a), format_time(b)));
+        let at = |t: &str| Ok((t.to_string(), t.to_string()));
+        assert_eq!(one("3d"), at("2026-12-04T12:00:00.000000000Z"));
+        assert_eq!(one("12h"), at("2026-12-07T00:00:00.000000000Z"));
+        assert_eq!(one("2w"), at("2026-11-23T12:00:00.000000000Z"));
+        assert_eq!(
+            one("2026-12-01T10:00"),
+            at("2026-12-01T10:00:00.000000000Z")
+        );
+        assert_eq!(
+            one("2026-12-01 10:00:30"),
+            at("2026-12-01T10:00:30.000000000Z")
+        );
+        assert_eq!(
+            one("2026-12-01T12:00:00+02:00"),
+            at("2026-12-01T10:00:00.000000000Z")
+        );
+        assert_eq!(
+            one("2026-12-01"),
+            Ok((
+                "2026-12-01T00:00:00.000000000Z".into(),
+                "2026-12-01T23:59:59.999999999Z".into()
+            ))
+        );
+        for bad in [
+            "",
+            "3x",
+            "yesterday",
+            "2026-13-01",
+            "d",
+            "99999999999999999w",
+            "1-2d",
+        ] {
+            assert!(one(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

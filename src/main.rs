@@ -52,7 +52,8 @@ fn main() {
     // The agent handles its signals itself (finish or abandon within a bound, thaw
     // containers), and says what it does at info level, for the journal.
     let agent = matches!(cli.command, Command::Agent(_));
-    if !agent {
+    // `mount` unmounts on SIGINT (and SIGTERM) and then ends with 0.
+    if !agent && !matches!(cli.command, Command::Mount(_)) {
         exit_on_sigint();
     }
     let level = match (cli.quiet, cli.verbose) {

@@ -5,6 +5,7 @@
 //! existing name must leave the stored bytes as they were or replace them with identical
 //! bytes (names are content hashes), and a reader must never see a partial object.
 
+pub mod counting;
 pub mod local;
 pub mod s3;
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::render::{Render, emit, ln};
 use crate::context::Ctx;
 use crate::docker;
-use crate::error::{Result, exit};
+use crate::error::{Error, Result, exit};
 use crate::ops::diff::{self, Listing};
 use crate::ops::prune::load_index_for_read;
 use crate::repo::Repository;
@@ -18,20 +18,21 @@ use crate::repo::format::index::Index;
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// Docker volume (or the --name of a --path backup, compared with FROM/TO snapshots only).
+    /// Docker volume (or the --name of a --path backup, compared with FROM/TO snapshots
+    /// only); VOLUME:SNAPSHOT names FROM too, and the next argument is then TO.
     pub volume: String,
-    /// Snapshot id (or unique prefix), `latest`, or `live` (the volume's _data now).
-    #[arg(default_value = "latest")]
-    pub from: String,
-    /// Snapshot id (or unique prefix), `latest`, or `live`.
-    #[arg(default_value = "live")]
-    pub to: String,
+    /// Snapshot id (or unique prefix), `latest` (the default), @TIME (the newest at or
+    /// before it: @2026-12-01, @3d), or `live` (the volume's _data now).
+    pub from: Option<String>,
+    /// Like FROM; default `live`.
+    pub to: Option<String>,
 }
 
 pub(super) fn run(ctx: &Ctx, a: &DiffArgs) -> Result<i32> {
     let mut opened = None;
-    let from = diff_side(ctx, &mut opened, &a.volume, &a.from)?;
-    let to = diff_side(ctx, &mut opened, &a.volume, &a.to)?;
+    let (volume, from, to) = sides(ctx, &mut opened, a)?;
+    let from = diff_side(ctx, &mut opened, volume, &from)?;
+    let to = diff_side(ctx, &mut opened, volume, &to)?;
     let c = diff::compare(&from.listing, &to.listing);
     let warnings: Vec<String> = from.warnings.iter().chain(&to.warnings).cloned().collect();
     for w in &warnings {
@@ -41,7 +42,7 @@ pub(super) fn run(ctx: &Ctx, a: &DiffArgs) -> Result<i32> {
     emit(
         ctx.json,
         &Diffed {
-            volume: &a.volume,
+            volume,
             from: &from,
             to: &to,
             comparison: c,
@@ -61,6 +62,43 @@ struct Diffed<'a> {
     #[serde(flatten)]
     comparison: diff::Comparison,
     warnings: Vec<String>,
+}
+
+/// The volume and the FROM and TO sides: `diff VOL[:FROM] [FROM|TO] [TO]`; a side may
+/// also be spelled `VOL:SNAPSHOT` with the same volume.
+fn sides<'a>(
+    ctx: &Ctx,
+    opened: &mut RepoAndIndex,
+    a: &'a DiffArgs,
+) -> Result<(&'a str, String, String)> {
+    let (volume, named) = if a.volume.contains(':') {
+        open(ctx, opened)?.0.split_spec(&a.volume)?
+    } else {
+        (a.volume.as_str(), None)
+    };
+    let (from, to) = match named {
+        Some(_) if a.to.is_some() => {
+            return Err(Error::Usage(format!(
+                "{:?} names FROM already; give at most one more snapshot (TO)",
+                a.volume
+            )));
+        }
+        Some(f) => (f, a.from.as_deref().unwrap_or("live")),
+        None => (
+            a.from.as_deref().unwrap_or("latest"),
+            a.to.as_deref().unwrap_or("live"),
+        ),
+    };
+    let side = |s: &str| -> Result<String> {
+        match s.strip_prefix(volume).and_then(|r| r.strip_prefix(':')) {
+            Some(rest) => Ok(rest.to_string()),
+            None if s.contains(':') => Err(Error::Usage(format!(
+                "{s:?} is not a snapshot of {volume:?}: diff compares two states of one volume"
+            ))),
+            None => Ok(s.to_string()),
+        }
+    };
+    Ok((volume, side(from)?, side(to)?))
 }
 
 /// A side as JSON names it: `{"live": PATH}` or `{"snapshot": ID, "time": T}`.
@@ -114,12 +152,7 @@ pub(super) fn diff_side(
             warnings,
         });
     }
-    if opened.is_none() {
-        let repo = ctx.open()?;
-        let index = load_index_for_read(&repo)?;
-        *opened = Some((repo, index));
-    }
-    let (repo, index) = opened.as_ref().expect("opened above");
+    let (repo, index) = open(ctx, opened)?;
     let (id, snap) = repo.find_snapshot(volume, which)?;
     let (listing, warnings) = diff::snapshot_listing(repo, index, &snap)?;
     Ok(DiffSide {
@@ -128,6 +161,16 @@ pub(super) fn diff_side(
         text: format!("snapshot {} ({})", &id.to_hex()[..8], snap.time),
         warnings,
     })
+}
+
+/// The repository and its index, opened on first use.
+fn open<'o>(ctx: &Ctx, opened: &'o mut RepoAndIndex) -> Result<&'o (Repository, Index)> {
+    if opened.is_none() {
+        let repo = ctx.open()?;
+        let index = load_index_for_read(&repo)?;
+        *opened = Some((repo, index));
+    }
+    Ok(opened.as_ref().expect("opened above"))
 }
 
 fn short_hash(h: &Option<String>) -> String {

@@ -10,11 +10,12 @@ use crate::ops::restore::{self, Filter};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Volume (or --name) whose snapshot to write.
+    /// VOLUME[:SNAPSHOT]: the volume (or --name) whose snapshot to write, and which one (an
+    /// id, a unique prefix, `latest`, or @TIME).
     pub volume: String,
-    /// Snapshot id (or a unique prefix), or `latest`.
-    #[arg(long, default_value = "latest")]
-    pub snapshot: String,
+    /// Snapshot id (or a unique prefix), `latest` (the default), or @TIME.
+    #[arg(long)]
+    pub snapshot: Option<String>,
     /// Compress the tar stream with zstd (`zstd -d | tar x`, or `tar --zstd -x`).
     #[arg(long)]
     pub zstd: bool,
@@ -26,7 +27,7 @@ const EXPORT_ZSTD_LEVEL: i32 = 3;
 /// The stream is the output, so there is no report: errors go to stderr.
 pub(super) fn run(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let (_, snap) = repo.find_snapshot(&a.volume, &a.snapshot)?;
+    let (_, snap) = repo.find_spec(&a.volume, a.snapshot.as_deref())?;
     let index = crate::ops::prune::load_index_for_read(&repo)?;
     let stdout = std::io::stdout().lock();
     let report = if a.zstd {

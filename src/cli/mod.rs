@@ -7,13 +7,17 @@ mod bucket;
 mod check;
 mod diff;
 mod drill;
+mod dump;
 mod export;
+mod find;
 mod forget;
 pub mod generate;
 mod import;
 mod init;
 mod inventory;
 mod layer_diff;
+mod ls;
+mod mount;
 mod prune;
 mod render;
 mod repair;
@@ -35,13 +39,17 @@ pub use bucket::{BucketArgs, BucketAuditArgs, BucketCommand, BucketPolicyArgs};
 pub use check::CheckArgs;
 pub use diff::DiffArgs;
 pub use drill::DrillArgs;
+pub use dump::DumpArgs;
 pub use export::ExportArgs;
+pub use find::FindArgs;
 pub use forget::ForgetArgs;
 pub use generate::{GenerateArgs, GenerateWhat};
 pub use import::ImportArgs;
 pub use init::InitArgs;
 pub use inventory::InventoryArgs;
 pub use layer_diff::LayerDiffArgs;
+pub use ls::LsArgs;
+pub use mount::MountArgs;
 pub use prune::PruneArgs;
 pub use repair::RepairArgs;
 pub use restore::RestoreArgs;
@@ -102,6 +110,12 @@ pub enum Command {
     /// Write a snapshot as a tar stream on stdout (`| docker run -i --rm -v VOL:/target
     /// busybox tar x -C /target` fills a volume with it).
     Export(ExportArgs),
+    /// List the entries of a directory in a snapshot (`ls app:latest /etc --long`).
+    Ls(LsArgs),
+    /// Find which snapshots hold a file: by glob, content BLAKE3, size or mtime.
+    Find(FindArgs),
+    /// Write one file of a snapshot to stdout, or a directory as a tar stream.
+    Dump(DumpArgs),
     /// Verify the repository's structure, and with --read-data every byte of it.
     Check(CheckArgs),
     /// Remove snapshots by keep rules (restic's --keep-* semantics), per host and volume.
@@ -121,6 +135,9 @@ pub enum Command {
     /// Rebuild the index from the packs themselves and mark the snapshots that are damaged
     /// (good snapshots are left as they are; `snapshots` shows the mark).
     Repair(RepairArgs),
+    /// Mount every snapshot as a read-only filesystem (FUSE): by-volume/VOLUME/TIME/,
+    /// by-host/HOST/VOLUME/TIME/ and `latest` links; runs until unmounted.
+    Mount(MountArgs),
     /// Turn tar archives (plain, .gz, .zst) made by other tools into snapshots of a volume.
     Import(ImportArgs),
     /// Restore test: restore the latest snapshots into a scratch directory and verify them.
@@ -169,7 +186,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshots(a) => snapshots::run(&ctx, &a),
         Command::Restore(a) => restore::run(&ctx, &a),
         Command::Export(a) => export::run(&ctx, &a),
+        Command::Ls(a) => ls::run(&ctx, &a),
+        Command::Find(a) => find::run(&ctx, &a),
+        Command::Dump(a) => dump::run(&ctx, &a),
         Command::Import(a) => import::run(&ctx, &a),
+        Command::Mount(a) => mount::run(&ctx, &a),
         Command::Drill(a) => drill::run(&ctx, &a),
         Command::Check(a) => check::run(&ctx, &a),
         Command::Forget(a) => forget::run(&ctx, &a),

@@ -64,3 +64,15 @@ macro_rules! ln {
     }};
 }
 pub(super) use ln;
+
+/// Prints one item of a stream as it is known: one compact JSON line with `--json` (as
+/// `watch --json` and restic's `ls --json` do), else its text.
+pub(super) fn emit_line(json: bool, item: &impl Render) {
+    if json {
+        let line = serde_json::to_string(item)
+            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the entry: {e}\"}}"));
+        crate::outln!("{line}");
+    } else {
+        crate::out!("{}", item.text());
+    }
+}

@@ -16,7 +16,8 @@ use crate::ops::restore::{self, Filter, RestoreOptions, RestoreReport, host};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Volume (or --name) whose snapshot to restore.
+    /// VOLUME[:SNAPSHOT]: the volume (or --name) whose snapshot to restore, and which one
+    /// (an id, a unique prefix, `latest`, or @TIME: @2026-12-01, @2026-12-01T10:00, @3d).
     #[arg(required_unless_present = "all")]
     pub volume: Option<String>,
     /// Recreate every Docker volume this host (or --host) backed up, with its labels,
@@ -30,9 +31,10 @@ pub struct RestoreArgs {
     /// snapshot not newer than it.
     #[arg(long, value_name = "RFC3339")]
     pub at: Option<String>,
-    /// Snapshot id (or a unique prefix), or `latest`.
-    #[arg(long, default_value = "latest")]
-    pub snapshot: String,
+    /// Snapshot id (or a unique prefix), `latest` (the default), or @TIME; the same as
+    /// VOLUME:SNAPSHOT.
+    #[arg(long)]
+    pub snapshot: Option<String>,
     /// Restore into this directory (must not exist or be empty).
     #[arg(long, group = "dest")]
     pub target: Option<PathBuf>,
@@ -81,7 +83,8 @@ pub(super) fn run(ctx: &Ctx, a: &RestoreArgs) -> Result<i32> {
     }
     let repo = ctx.open()?;
     // The snapshot first: in epochs mode finding it focuses reads on its epoch.
-    let (sid, snap) = repo.find_snapshot(a.volume.as_deref().unwrap_or_default(), &a.snapshot)?;
+    let spec = a.volume.as_deref().unwrap_or_default();
+    let (sid, snap) = repo.find_spec(spec, a.snapshot.as_deref())?;
     let index = load_index_for_read(&repo)?;
     tracing::info!(
         "restoring snapshot {} of {} from {}",

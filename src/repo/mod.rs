@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub use self::config::{
     ChunkerParams, DEFAULT_CHUNKER, DEFAULT_COMPRESSION_LEVEL, FORMAT_VERSION, Location, RepoConfig,
 };
+pub use self::snapshots::{Which, pick, split_spec};
 use crate::backend::{Backend, Kind};
 use crate::error::{Error, Result};
 use crate::fmt::format_time;

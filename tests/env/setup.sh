@@ -17,7 +17,7 @@ set -euo pipefail
 # socat and openssl give the S3 tests a real TLS endpoint with a throwaway CA.
 # systemd (systemd-analyze), man-db, binutils (strip), dpkg-dev (dpkg-shlibdeps) and
 # init-system-helpers serve the packaging test (tests/it/packaging.rs).
-readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux socat openssl curl
+readonly PACKAGES=(docker.io restic busybox-static attr acl zstd util-linux socat openssl curl fuse3
     systemd man-db binutils dpkg-dev init-system-helpers)
 readonly IMAGE="volguard-test/busybox:latest"
 readonly STATE_DIR="${HOME}/.cache/volguard"

@@ -606,7 +606,7 @@ fn forget_deletes_exactly_the_forgotten_snapshots_and_the_rest_still_restore() {
         "--target",
         repo.path().join("gone").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no snapshot of \"app\" has an id starting with"),
         "{}",

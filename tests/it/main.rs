@@ -10,6 +10,7 @@ mod common;
 
 mod agent;
 mod bad_input;
+mod browse;
 mod bucket_audit;
 mod cli_signals;
 mod config_errors;
@@ -35,6 +36,7 @@ mod inventory;
 mod layer_backup;
 mod layer_diff;
 mod metadata_read_loop;
+mod mount;
 mod object_lock;
 mod packaging;
 mod prune;

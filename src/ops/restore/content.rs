@@ -95,12 +95,18 @@ impl<'a> DataRuns<'a> {
     }
 }
 
-/// The logical content of a file (holes read as zeros), for tar export and verification.
+/// The logical content of a file (holes read as zeros), for tar export, `dump` and
+/// verification. Each chunk is verified by its keyed hash when fetched; on top, the whole
+/// content is hashed as it is read and checked against the node's plain BLAKE3 before the
+/// last bytes are handed out, so a reader never receives the whole of a file whose
+/// content is not the one the snapshot recorded: the read that would end it fails instead.
 pub struct FileReader<'a> {
     runs: DataRuns<'a>,
     size: u64,
     pos: u64,
     current: Option<(u64, Vec<u8>)>,
+    hasher: blake3::Hasher,
+    expected: Option<[u8; 32]>,
 }
 
 impl<'a> FileReader<'a> {
@@ -110,7 +116,26 @@ impl<'a> FileReader<'a> {
             size: node.size,
             pos: 0,
             current: None,
+            hasher: blake3::Hasher::new(),
+            expected: node.file_hash,
         }
+    }
+
+    /// Hashes the `n` bytes about to be handed out; when they end the file, fails if the
+    /// content is not what the snapshot's BLAKE3 says.
+    fn hand_out(&mut self, out: &[u8], n: usize) -> io::Result<usize> {
+        self.hasher.update(&out[..n]);
+        self.pos += n as u64;
+        if self.pos >= self.size
+            && let Some(expected) = self.expected
+            && *self.hasher.finalize().as_bytes() != expected
+        {
+            return Err(io::Error::other(
+                "the content read back does not match the BLAKE3 the snapshot recorded for \
+                 this file; run `volguard check --read-data`",
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -130,8 +155,7 @@ impl Read for FileReader<'_> {
                     // Trailing hole.
                     let n = ((self.size - self.pos) as usize).min(out.len());
                     out[..n].fill(0);
-                    self.pos += n as u64;
-                    return Ok(n);
+                    return self.hand_out(out, n);
                 }
                 continue;
             }
@@ -139,14 +163,12 @@ impl Read for FileReader<'_> {
             if self.pos < *off {
                 let n = ((off - self.pos) as usize).min(out.len());
                 out[..n].fill(0);
-                self.pos += n as u64;
-                return Ok(n);
+                return self.hand_out(out, n);
             }
             let start = (self.pos - off) as usize;
             let n = (data.len() - start).min(out.len());
             out[..n].copy_from_slice(&data[start..start + n]);
-            self.pos += n as u64;
-            return Ok(n);
+            return self.hand_out(out, n);
         }
     }
 }

@@ -627,3 +627,47 @@ impl TestRepo {
         (repo, s3, bucket)
     }
 }
+
+/// Forks and execs `argv[2:]`, then writes the child's peak RSS in KiB (`wait4`'s
+/// `ru_maxrss`) to the file `argv[1]` and exits with the child's status. The launcher is a
+/// small, fresh process because Linux folds the exec-ing process's own RSS high-water mark
+/// into the new program's `ru_maxrss`: spawned straight from the test binary, a command
+/// would report at least the test process's peak.
+const PEAK_RSS_LAUNCHER: &str = "\
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], 'w') as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+";
+
+/// `cmd` (program, arguments and environment) run under [`PEAK_RSS_LAUNCHER`], which
+/// writes its peak RSS in KiB to `report`; read it with [`peak_rss_mib`].
+pub fn with_peak_rss(cmd: &Command, report: &Path) -> Command {
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .arg(PEAK_RSS_LAUNCHER)
+        .arg(report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// The peak RSS a [`with_peak_rss`] command wrote to `report`, in MiB.
+pub fn peak_rss_mib(report: &Path) -> f64 {
+    let kib: f64 = fs::read_to_string(report)
+        .unwrap_or_else(|e| panic!("no peak RSS report at {}: {e}", report.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    kib / 1024.0
+}
