@@ -203,3 +203,45 @@ fn an_ambiguous_snapshot_prefix_is_refused_with_the_candidates() {
         "{err}"
     );
 }
+
+#[test]
+fn diff_and_restore_take_volume_colon_snapshot_by_prefix_and_by_time() {
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    let src = repo.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "first").unwrap();
+    repo.run_ok(&["backup", "--path", src.to_str().unwrap(), "--name", "app"]);
+    // The second snapshot's time is a later second than the first's, so @FIRST names it alone.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(src.join("f"), "second, longer").unwrap();
+    repo.run_ok(&["backup", "--path", src.to_str().unwrap(), "--name", "app"]);
+    let listed = repo.run_json(&["snapshots"]);
+    let snaps = listed["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    let (first, first_time) = (
+        snaps[0]["id"].as_str().unwrap(),
+        snaps[0]["time"].as_str().unwrap(),
+    );
+
+    let diff = repo.run_json(&["diff", &format!("app:{}", &first[..8]), "app:latest"]);
+    let modified = diff["modified"].as_array().unwrap();
+    assert_eq!(modified.len(), 1, "{diff}");
+    assert_eq!(modified[0]["path"], "/f", "{diff}");
+    assert!(
+        modified[0]["changes"]
+            .as_array()
+            .unwrap()
+            .contains(&"content".into()),
+        "{diff}"
+    );
+
+    let dst = repo.path().join("restored");
+    repo.run_ok(&[
+        "restore",
+        &format!("app:@{first_time}"),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(dst.join("f")).unwrap(), "first");
+}
