@@ -138,7 +138,11 @@ fn volume_round_trip(repo: &TestRepo) {
 
     // A new snapshot shows up while mounted.
     std::fs::write(data.join("new-file"), b"second snapshot").unwrap();
-    repo.run_ok(&["--docker-root", root, "backup", &vol]);
+    let second = repo.run_json(&["--docker-root", root, "backup", &vol]);
+    let second_id = second["snapshots"][0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let vdir = mp.join("by-volume").join(&vol);
     let t = Instant::now();
     while snapshot_dirs(&vdir).len() < 2 {
@@ -148,12 +152,15 @@ fn volume_round_trip(repo: &TestRepo) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Two snapshots in the same second are told apart by id, so sort order says nothing
-    // about which is newer: the new one is the name the first listing did not have.
-    let newest = snapshot_dirs(&vdir)
-        .into_iter()
-        .find(|n| !first.contains(n))
-        .unwrap();
+    // Two snapshots of the same second are both named `<time>-<short id>`, so neither sort
+    // order nor the first listing tells which is newer: the new snapshot's id does.
+    let dirs = snapshot_dirs(&vdir);
+    let newest = dirs
+        .iter()
+        .find(|n| n.ends_with(&format!("-{}", &second_id[..8])))
+        .or_else(|| dirs.iter().find(|n| !first.contains(n)))
+        .unwrap()
+        .clone();
     assert_eq!(
         std::fs::read_link(vdir.join("latest")).unwrap(),
         PathBuf::from(&newest)
