@@ -227,7 +227,7 @@ fn diff_and_restore_take_volume_colon_snapshot_by_prefix_and_by_time() {
     let diff = repo.run_json(&["diff", &format!("app:{}", &first[..8]), "app:latest"]);
     let modified = diff["modified"].as_array().unwrap();
     assert_eq!(modified.len(), 1, "{diff}");
-    assert_eq!(modified[0]["path"], "/f", "{diff}");
+    assert_eq!(modified[0]["path"], "f", "{diff}");
     assert!(
         modified[0]["changes"]
             .as_array()
