@@ -31,7 +31,7 @@ mod measure;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use common::MIB;
+use common::{MIB, quiet};
 use measure::{Runner, Usage};
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
 use std::fmt::Write as _;
@@ -41,10 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Read by volguard nowhere: keeps a host config out of the measurement.
-const NO_CONFIG: &str = "/nonexistent-volguard.toml";
 const NAME: &str = "bench";
-const RESTIC_PASSWORD: &str = "volguard-bench";
 /// Small files edited per snapshot.
 const EDITS_PER_SNAPSHOT: usize = 20;
 /// Written once the cache directory holds every snapshot of its shape.
@@ -88,23 +85,18 @@ impl Repos {
         self.root.join("data")
     }
     fn volguard(&self) -> Command {
-        let mut cmd = Command::new(&self.volguard_bin);
-        cmd.arg("--config")
-            .arg(NO_CONFIG)
-            .arg("--repo")
-            .arg(self.root.join("volguard-repo"))
-            .arg("--key-file")
-            .arg(self.root.join("volguard.key"));
-        cmd
+        common::volguard_cmd(
+            &self.volguard_bin,
+            self.root.join("volguard-repo"),
+            &self.root.join("volguard.key"),
+        )
     }
     fn restic(&self) -> Command {
-        let mut cmd = Command::new(&self.restic_bin);
-        cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
-            .arg("--repo")
-            .arg(self.root.join("restic-repo"))
-            .arg("--cache-dir")
-            .arg(self.root.join("restic-cache"));
-        cmd
+        common::restic_cmd(
+            &self.restic_bin,
+            self.root.join("restic-repo"),
+            &self.root.join("restic-cache"),
+        )
     }
     /// `big.bin` as restic names it: under the absolute path it was backed up from.
     fn restic_big_path(&self) -> PathBuf {
@@ -251,24 +243,6 @@ fn write_small(data: &Path, j: usize, rng: &mut rand::rngs::StdRng) -> Result<()
     let mut buf = vec![0u8; rng.gen_range(200..=4096)];
     rng.fill_bytes(&mut buf);
     fs::write(dir.join(format!("f{j:06}.dat")), buf)?;
-    Ok(())
-}
-
-/// Runs a setup command, its output appended to `log`, failing on a non-zero exit.
-fn quiet(cmd: &mut Command, log: &Path) -> Result<()> {
-    let file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    ensure!(
-        status.success(),
-        "{:?} failed ({status}); see {}",
-        cmd.get_program(),
-        log.display()
-    );
     Ok(())
 }
 

@@ -39,7 +39,7 @@ mod measure;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use common::MIB;
+use common::{MIB, quiet};
 use measure::{Runner, Usage, dir_bytes};
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
 use std::fmt::Write as _;
@@ -50,10 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// Read by volguard nowhere: keeps a host config out of the measurement.
-const NO_CONFIG: &str = "/nonexistent-volguard.toml";
 const NAME: &str = "bench";
-const RESTIC_PASSWORD: &str = "volguard-bench";
 /// The keep rules both tools apply.
 const POLICY: [&str; 6] = [
     "--keep-daily",
@@ -152,24 +149,11 @@ impl Repos {
     }
 
     fn volguard_cmd(&self, bin: &Path) -> Command {
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(NO_CONFIG)
-            .arg("--repo")
-            .arg(self.volguard())
-            .arg("--key-file")
-            .arg(self.key());
-        cmd
+        common::volguard_cmd(bin, self.volguard(), &self.key())
     }
 
     fn restic_cmd(&self) -> Command {
-        let mut cmd = Command::new(&self.restic_bin);
-        cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
-            .arg("--repo")
-            .arg(self.restic())
-            .arg("--cache-dir")
-            .arg(self.restic_cache());
-        cmd
+        common::restic_cmd(&self.restic_bin, self.restic(), &self.restic_cache())
     }
 }
 
@@ -453,24 +437,6 @@ fn write_batch(dir: &Path, i: usize, files: usize) -> Result<u64> {
         total += len as u64;
     }
     Ok(total)
-}
-
-/// Runs a setup command, its output appended to `log`, failing on a non-zero exit.
-fn quiet(cmd: &mut Command, log: &Path) -> Result<()> {
-    let file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    ensure!(
-        status.success(),
-        "{:?} failed ({status}); see {}",
-        cmd.get_program(),
-        log.display()
-    );
-    Ok(())
 }
 
 /// One tool's figures.

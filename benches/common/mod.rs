@@ -10,10 +10,64 @@ pub mod db;
 pub mod media;
 
 use anyhow::{Context, Result, ensure};
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// Bytes in a mebibyte, for human-readable sizes in tables.
 pub const MIB: f64 = 1024.0 * 1024.0;
+
+/// Read by volguard nowhere: keeps a host config out of the measurement.
+pub const NO_CONFIG: &str = "/nonexistent-volguard.toml";
+/// The password of every restic repository the benches make.
+pub const RESTIC_PASSWORD: &str = "volguard-bench";
+
+/// `volguard --config NO_CONFIG --repo REPO --key-file KEY`; append the subcommand.
+#[allow(dead_code)] // not every bench runs the volguard binary
+pub fn volguard_cmd(bin: &Path, repo: impl AsRef<OsStr>, key: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(NO_CONFIG)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--key-file")
+        .arg(key);
+    cmd
+}
+
+/// `restic --repo REPO --cache-dir CACHE` with the benches' password; append the subcommand.
+#[allow(dead_code)] // not every bench runs restic
+pub fn restic_cmd(bin: &Path, repo: impl AsRef<OsStr>, cache: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--cache-dir")
+        .arg(cache);
+    cmd
+}
+
+/// Runs a setup command, its output appended to `log`, failing on a non-zero exit.
+#[allow(dead_code)] // not every bench has untimed setup commands
+pub fn quiet(cmd: &mut Command, log: &Path) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    ensure!(
+        status.success(),
+        "{:?} failed ({status}); see {}",
+        cmd.get_program(),
+        log.display()
+    );
+    Ok(())
+}
 
 /// The cargo target directory this bench binary was built into.
 ///

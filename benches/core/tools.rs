@@ -22,10 +22,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Read by volguard nowhere: keeps a host config out of the measurement.
-const NO_CONFIG: &str = "/nonexistent-volguard.toml";
 const VOLUME_NAME: &str = "bench";
-const RESTIC_PASSWORD: &str = "volguard-bench";
 /// Key prefix of volguard's repository inside its bucket: a prefix is how a
 /// bucket shared between hosts is used, so the bench exercises it.
 const VOLGUARD_S3_PREFIX: &str = "bench";
@@ -202,14 +199,8 @@ impl Volguard {
             Storage::Dir(dir) => dir.into(),
             Storage::Bucket { bucket, .. } => format!("s3://{bucket}/{VOLGUARD_S3_PREFIX}").into(),
         };
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = crate::common::volguard_cmd(&self.bin, repo, &self.key_file);
         apply_s3_env(&mut cmd, &self.storage);
-        cmd.arg("--config")
-            .arg(NO_CONFIG)
-            .arg("--repo")
-            .arg(repo)
-            .arg("--key-file")
-            .arg(&self.key_file);
         cmd
     }
 
@@ -343,13 +334,8 @@ impl Restic {
             Storage::Dir(dir) => dir.into(),
             Storage::Bucket { server, bucket } => format!("s3:{}/{bucket}", server.endpoint).into(),
         };
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = crate::common::restic_cmd(&self.bin, repo, &self.cache);
         apply_s3_env(&mut cmd, &self.storage);
-        cmd.env("RESTIC_PASSWORD", RESTIC_PASSWORD)
-            .arg("--repo")
-            .arg(repo)
-            .arg("--cache-dir")
-            .arg(&self.cache);
         cmd
     }
 }
