@@ -32,16 +32,7 @@ pub(super) fn run(ctx: &Ctx, a: &DumpArgs) -> Result<i32> {
     };
     match dump(&repo, &index, &snap, &node, &shown, &mut out) {
         Ok(Dumped::File { .. }) => Ok(exit::OK),
-        Ok(Dumped::Tar(report)) => {
-            for e in &report.errors {
-                eprintln!("error: {e}");
-            }
-            Ok(if report.errors.is_empty() {
-                exit::OK
-            } else {
-                exit::ERROR
-            })
-        }
+        Ok(Dumped::Tar(report)) => Ok(super::export::tar_errors_exit(&report.errors)),
         // The reader went away (`dump ... | head -c 100`): quietly, as other output does.
         Err(_) if out.broken => Ok(exit::BROKEN_PIPE),
         Err(e) => Err(e),

@@ -39,12 +39,18 @@ pub(super) fn run(ctx: &Ctx, a: &ExportArgs) -> Result<i32> {
     } else {
         restore::to_tar(&repo, &index, &snap, stdout, &Filter::default())?
     };
-    for e in &report.errors {
+    Ok(tar_errors_exit(&report.errors))
+}
+
+/// Names the entries a tar stream on stdout had to leave out (stdout is the archive, so
+/// they go to stderr) and gives the exit code: any of them fails the command.
+pub(super) fn tar_errors_exit(errors: &[String]) -> i32 {
+    for e in errors {
         eprintln!("error: {e}");
     }
-    Ok(if report.errors.is_empty() {
+    if errors.is_empty() {
         exit::OK
     } else {
         exit::ERROR
-    })
+    }
 }
