@@ -7,8 +7,9 @@
 //! a marked pack that a snapshot written in the meantime needs is kept alive. Backups take
 //! part (see `MarkedPacks`): from the moment a mark exists, a backup does not reuse data
 //! from marked packs (it uploads such data anew), and a backup that started before a mark
-//! and reuses its packs refuses to write its snapshot once half the grace period has passed,
-//! so every snapshot that needs a marked pack is visible before the pack can go.
+//! naming packs its snapshot needs (reused ones, or its own early uploads on a run longer
+//! than the grace period) refuses to write its snapshot once half the grace period has
+//! passed, so every snapshot that needs a marked pack is visible before the pack can go.
 //!
 //! Packs younger than the grace period are never marked: they may belong to a backup that
 //! is still running and has not written its snapshot yet.
@@ -126,10 +127,11 @@ impl MarkedPacks {
     }
 
     /// Called right before a snapshot is written: fails if a mark made since this backup
-    /// started names a pack the snapshot reuses and the mark is too old for the snapshot
-    /// to be certain of being seen by the prune that will delete it.
-    pub fn check_reused(&self, repo: &Repository, reused: &HashSet<PackId>) -> Result<()> {
-        if reused.is_empty() {
+    /// started names a pack the snapshot needs (reused or written by this run) and the mark
+    /// is too old for the snapshot to be certain of being seen by the prune that will
+    /// delete it.
+    pub fn check_needed(&self, repo: &Repository, needed: &HashSet<PackId>) -> Result<()> {
+        if needed.is_empty() {
             return Ok(());
         }
         let (marks, _) = load_marks(repo)?;
@@ -138,9 +140,9 @@ impl MarkedPacks {
             if self.seen.contains(&name) || now < mark.reuse_deadline() {
                 continue;
             }
-            if let Some(p) = mark.packs.iter().find(|p| reused.contains(p)) {
+            if let Some(p) = mark.packs.iter().find(|p| needed.contains(p)) {
                 return Err(Error::Locked {
-                    what: format!("pack {}, which this backup reuses,", p.short()),
+                    what: format!("pack {}, which this snapshot needs,", p.short()),
                     by: format!(
                         "a prune on {} that marked it for deletion while this backup was \
                          running (marks/{name})",

@@ -247,13 +247,15 @@ pub fn run(
     snap.summary.bytes_added = uploaded.bytes;
     let estimate = snap.seal(repo.keys()).1.len() as u64;
     snap.summary.bytes_added = uploaded.bytes + estimate;
-    opts.marked.check_reused(repo, &reused_packs)?;
+    // Every pack the snapshot needs, its own uploads included: a run slower than prune's
+    // grace period may find the packs it wrote early marked as garbage by now.
+    let mut needed = reused_packs;
+    needed.extend(uploaded.packs.iter().map(|p| p.id));
+    needed.extend(resolved.others_packs.iter().map(|p| p.id));
+    opts.marked.check_needed(repo, &needed)?;
     // Object-lock mode: everything the snapshot needs is retained long enough first.
     let mut retention = None;
     if repo.object_lock().is_some() {
-        let mut needed = reused_packs;
-        needed.extend(uploaded.packs.iter().map(|p| p.id));
-        needed.extend(resolved.others_packs.iter().map(|p| p.id));
         let at = opts
             .time
             .map_or_else(std::time::SystemTime::now, Into::into);
