@@ -176,10 +176,7 @@ fn populate(repos: &Repos, args: &Args) -> Result<()> {
     for j in 0..args.files {
         write_small(&data, j, &mut rng)?;
     }
-    fs::write(
-        repos.root.join("volguard.key"),
-        format!("{:064x}", rng.r#gen::<u128>()),
-    )?;
+    common::write_key_file(&repos.root.join("volguard.key"))?;
     let log = repos.root.join("populate.log");
     quiet(repos.volguard().arg("init"), &log)?;
     quiet(repos.restic().arg("init"), &log)?;

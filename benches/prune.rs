@@ -44,8 +44,6 @@ use measure::{Runner, Usage, dir_bytes};
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -343,14 +341,7 @@ fn populate(repos: &Repos, bin: &Path, shape: Shape) -> Result<Progress> {
 fn init_repos(repos: &Repos, bin: &Path) -> Result<()> {
     fs::create_dir_all(&repos.root)?;
     let log = repos.root.join("populate.log");
-    let mut key = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut key);
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(repos.key())
-        .and_then(|mut f| f.write_all(hex::encode(key).as_bytes()))?;
+    common::write_key_file(&repos.key())?;
     quiet(repos.volguard_cmd(bin).arg("init"), &log)?;
     quiet(repos.restic_cmd().arg("init"), &log)
 }

@@ -35,6 +35,23 @@ pub fn volguard_cmd(bin: &Path, repo: impl AsRef<OsStr>, key: &Path) -> Command 
     cmd
 }
 
+/// Writes a new volguard key file as the contract asks: 64 random hex characters, mode 0600.
+#[allow(dead_code)] // not every bench runs the volguard binary
+pub fn write_key_file(path: &Path) -> Result<()> {
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut key);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(hex::encode(key).as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// `restic --repo REPO --cache-dir CACHE` with the benches' password; append the subcommand.
 #[allow(dead_code)] // not every bench runs restic
 pub fn restic_cmd(bin: &Path, repo: impl AsRef<OsStr>, cache: &Path) -> Command {

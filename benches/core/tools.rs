@@ -14,11 +14,8 @@ use crate::measure::{Runner, Usage};
 use crate::store::Storage;
 use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
-use rand::RngCore;
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -203,19 +200,6 @@ impl Volguard {
         apply_s3_env(&mut cmd, &self.storage);
         cmd
     }
-
-    /// The contract's key file: 64 random hex characters, mode 0600.
-    fn write_key_file(&self) -> Result<()> {
-        let mut key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut key);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.key_file)
-            .and_then(|mut f| f.write_all(hex::encode(key).as_bytes()))
-            .with_context(|| format!("writing {}", self.key_file.display()))
-    }
 }
 
 impl Tool for Volguard {
@@ -228,7 +212,7 @@ impl Tool for Volguard {
     }
 
     fn init(&mut self, runner: &Runner) -> Result<()> {
-        self.write_key_file()?;
+        crate::common::write_key_file(&self.key_file)?;
         runner.untimed(self.command().arg("init"), "volguard-init")
     }
 
