@@ -265,13 +265,19 @@ fn measure_find(runner: &Runner, repos: &Repos) -> Result<Pair> {
     rs.args(["--json", "find", "*.log"]);
     let restic = runner.timed(&rs, "restic-find")?;
     // Both must have found the same thing: every snapshot but the first holds a log file.
-    let vg_out = fs::read_to_string(runner.log_path("volguard-find", "out"))?;
-    let vg_hits = vg_out.lines().filter(|l| l.contains("step-")).count();
+    let vg_out: serde_json::Value =
+        serde_json::from_slice(&fs::read(runner.log_path("volguard-find", "out"))?)?;
+    let vg_hits: u64 = vg_out["snapshots"]
+        .as_array()
+        .context("volguard find --json: no snapshots array")?
+        .iter()
+        .filter_map(|s| s["hits"].as_u64())
+        .sum();
     let rs_out = fs::read_to_string(runner.log_path("restic-find", "out"))?;
     let rs_hits = rs_out.matches("step-").count();
     ensure!(
         vg_hits > 0 && rs_hits > 0,
-        "find found nothing (volguard {vg_hits} lines, restic {rs_hits} matches); see the logs"
+        "find found nothing (volguard {vg_hits} hits, restic {rs_hits} matches); see the logs"
     );
     Ok(Pair {
         volguard,
