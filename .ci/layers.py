@@ -21,7 +21,7 @@ LAYERS = [
     ["repo"],
     ["repo::format"],
     ["backend"],
-    ["error", "fmt", "hooks", "http", "ids", "output", "paths", "secrets"],
+    ["error", "fmt", "hooks", "http", "ids", "output", "pathglob", "paths", "secrets"],
 ]
 # Units whose own submodules are checked as separate nodes for circles.
 SPLIT = {"ops"}

@@ -24,5 +24,6 @@ pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod output;
+pub mod pathglob;
 pub mod paths;
 pub mod secrets;

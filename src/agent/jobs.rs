@@ -89,6 +89,9 @@ fn read_consistently(
         marked,
         wait_for_others: crate::repo::inflight::DEFAULT_WAIT,
         read_done: Some(read_tx),
+        // The volume's labels and ignore file still apply (they come with the source).
+        exclude: backup::exclude::Rules::default(),
+        dry_run: false,
     };
     let result = backup::run(repo, &mut index, source, &opts);
     drop(opts);

@@ -287,7 +287,7 @@ impl Agent {
                         f.bytes_added += r.summary.bytes_added;
                         tracing::info!(
                             "backup of {v} done in {seconds:.1}s: snapshot {}, {} read, {} added{}",
-                            r.snapshot_id.short(),
+                            r.short_id(),
                             crate::fmt::human_bytes(r.summary.bytes_read),
                             crate::fmt::human_bytes(r.summary.bytes_added),
                             if r.summary.errors.is_empty() {

@@ -9,7 +9,7 @@ use super::render::{Render, emit, ln, progress};
 use super::time_arg;
 use crate::context::Ctx;
 use crate::error::{Result, exit};
-use crate::ops::backup::{self, batch};
+use crate::ops::backup::{self, batch, exclude};
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -34,6 +34,25 @@ pub struct BackupArgs {
     /// Tag to attach to the snapshots (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Leave out entries matching GLOB (repeatable). Without a `/` it matches a name at any
+    /// depth, with one the path from the volume's root; `*` does not cross a `/`, `**` does.
+    /// A directory that matches is left out with everything below it.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Read more exclude globs from FILE, one per line; blank lines and `#` lines are skipped
+    /// (repeatable).
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Leave out regular files larger than SIZE (4096, 64K, 1.5M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    pub exclude_larger_than: Option<u64>,
+    /// Leave out directories that hold a CACHEDIR.TAG file with the standard signature.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Read and chunk as a backup would and report what would be new and what is excluded,
+    /// writing nothing to the repository.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Record this time (RFC 3339, e.g. 2024-05-01T12:00:00Z) as the snapshot's time instead
     /// of now. For imports of older backups and for tests; stored in UTC.
     #[arg(long, value_name = "RFC3339")]
@@ -42,6 +61,7 @@ pub struct BackupArgs {
 
 pub(super) fn run(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
     let time = time_arg("backup --time", a.time.as_deref())?;
+    let exclude = exclude_rules(a)?;
     let selection = batch::Selection {
         volumes: a.volumes.clone(),
         all: a.all,
@@ -59,6 +79,8 @@ pub(super) fn run(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         host: ctx.host.clone(),
         time,
         wait_for_others: crate::repo::inflight::DEFAULT_WAIT,
+        exclude,
+        dry_run: a.dry_run,
         ..Default::default()
     };
     let report = batch::run(&repo, &ctx.docker_root, selected, &opts, &|name| {
@@ -84,6 +106,22 @@ pub(super) fn run(ctx: &Ctx, a: &BackupArgs) -> Result<i32> {
         },
     );
     Ok(code)
+}
+
+/// The run's excludes from the flags, every glob checked before anything is read.
+fn exclude_rules(a: &BackupArgs) -> Result<exclude::Rules> {
+    exclude::check_globs(&a.excludes, "--exclude")?;
+    let mut globs = a.excludes.clone();
+    for f in &a.exclude_files {
+        let more = exclude::read_exclude_file(f)?;
+        exclude::check_globs(&more, &format!("--exclude-file {}:", f.display()))?;
+        globs.extend(more);
+    }
+    Ok(exclude::Rules {
+        globs,
+        larger_than: a.exclude_larger_than,
+        caches: a.exclude_caches,
+    })
 }
 
 #[derive(Serialize)]
@@ -117,21 +155,33 @@ impl Render for BackedUp<'_> {
 /// One backup's report as one line for people.
 pub(super) fn report_line(r: &backup::Report) -> String {
     let s = &r.summary;
-    format!(
-        "{}: snapshot {} — {} files ({} new, {} changed, {} unmodified), {} read, {} added, {:.1}s{}",
-        r.volume,
-        r.snapshot_id.short(),
-        s.files,
-        s.files_new,
-        s.files_changed,
-        s.files_unmodified,
+    let files = format!(
+        "{} files ({} new, {} changed, {} unmodified)",
+        s.files, s.files_new, s.files_changed, s.files_unmodified
+    );
+    let (read, added) = (
         crate::fmt::human_bytes(s.bytes_read),
         crate::fmt::human_bytes(s.bytes_added),
-        s.duration_s,
-        if s.errors.is_empty() {
-            String::new()
-        } else {
-            format!(", {} errors (files skipped, listed above)", s.errors.len())
-        }
-    )
+    );
+    let excluded = match s.excluded {
+        0 => String::new(),
+        n => format!(", {n} excluded"),
+    };
+    let errors = match s.errors.len() {
+        0 => String::new(),
+        n => format!(", {n} errors (files skipped, listed above)"),
+    };
+    match r.snapshot_id {
+        None => format!(
+            "{}: dry run — {files}, {read} to read, {added} new before compression{excluded}; \
+             nothing written{errors}",
+            r.volume
+        ),
+        Some(id) => format!(
+            "{}: snapshot {} — {files}, {read} read, {added} added, {:.1}s{excluded}{errors}",
+            r.volume,
+            id.short(),
+            s.duration_s
+        ),
+    }
 }

@@ -38,10 +38,10 @@ pub struct FindArgs {
     #[arg(long, value_name = "HEX")]
     pub blake3: Option<String>,
     /// Only regular files of at least SIZE bytes (suffixes K, M, G, T: powers of 1024).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
     pub min_size: Option<u64>,
     /// Only regular files of at most SIZE bytes.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
     pub max_size: Option<u64>,
 }
 
@@ -153,32 +153,6 @@ fn choose(
         .collect())
 }
 
-/// `10`, `4K`, `1.5M`, `2G`, `1T` (also `KiB`, `MB`...: powers of 1024 all).
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 4096, 64K, 1.5M or 2G"))?;
-    let mult: u64 = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use K, M, G or T")),
-    };
-    Ok((n * mult as f64) as u64)
-}
-
 #[derive(serde::Serialize)]
 #[serde(transparent)]
 struct Found(FindReport);
@@ -223,21 +197,5 @@ impl Render for Found {
             r.trees_reused
         );
         t
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_in_powers_of_1024() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("1.5M"), Ok(1_572_864));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1 mb"), Ok(1 << 20));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("").is_err());
     }
 }

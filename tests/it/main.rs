@@ -26,6 +26,7 @@ mod daemon_stopped;
 mod drill;
 mod env_smoke;
 mod epochs;
+mod exclude;
 mod exit_codes;
 mod export;
 mod forget;

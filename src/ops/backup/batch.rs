@@ -97,6 +97,7 @@ pub fn select(docker_root: &std::path::Path, selection: &Selection) -> Result<Se
             path: path.clone(),
             origin: None,
             docker_volume: None,
+            exclude_labels: Vec::new(),
         }]
     } else if selection.all {
         without_data = crate::docker::volumes_without_data(docker_root);
@@ -144,7 +145,15 @@ pub fn run(
         opts.time
             .map_or_else(std::time::SystemTime::now, Into::into),
     );
-    let (mut index, marked) = prune::load_index_for_write(repo)?;
+    // A dry run must not write, and the write path indexes packs an interrupted run left.
+    let (mut index, marked) = if opts.dry_run {
+        (
+            prune::load_index_for_read(repo)?,
+            prune::MarkedPacks::default(),
+        )
+    } else {
+        prune::load_index_for_write(repo)?
+    };
     let mut report = BatchReport {
         snapshots: Vec::new(),
         failed: Vec::new(),
@@ -211,7 +220,7 @@ impl Serialize for Report {
         #[derive(Serialize)]
         struct View<'a> {
             volume: &'a str,
-            snapshot_id: String,
+            snapshot_id: Option<String>,
             parent: Option<String>,
             files: u64,
             files_new: u64,
@@ -221,13 +230,14 @@ impl Serialize for Report {
             bytes_read: u64,
             bytes_added: u64,
             duration_s: f64,
+            excluded: u64,
             errors: &'a [String],
             retention: &'a Option<crate::repo::retention::ExtendReport>,
         }
         let m = &self.summary;
         View {
             volume: &self.volume,
-            snapshot_id: self.snapshot_id.to_hex(),
+            snapshot_id: self.snapshot_id.map(|id| id.to_hex()),
             parent: self.parent.map(|p| p.to_hex()),
             files: m.files,
             files_new: m.files_new,
@@ -237,6 +247,7 @@ impl Serialize for Report {
             bytes_read: m.bytes_read,
             bytes_added: m.bytes_added,
             duration_s: m.duration_s,
+            excluded: m.excluded,
             errors: &m.errors,
             retention: &self.retention,
         }

@@ -46,6 +46,7 @@ pub fn source_for(root: &Path, c: &Container) -> Result<Source, String> {
         )),
         path: layer.upper,
         docker_volume: None,
+        exclude_labels: Vec::new(),
     })
 }
 

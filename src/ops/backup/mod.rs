@@ -6,13 +6,13 @@
 //! writes index files. The snapshot object is written only after all of that is durable.
 
 pub mod batch;
+pub mod exclude;
 pub mod layers;
 mod pipeline;
 mod read;
 mod readahead;
 mod scan;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -45,6 +45,8 @@ pub struct Source {
     pub origin: Option<String>,
     /// The Docker volume's definition, recorded in the snapshot for `restore --all`.
     pub docker_volume: Option<crate::repo::format::snapshot::VolumeMeta>,
+    /// `volguard.exclude` label values: (where set, e.g. "container web", value).
+    pub exclude_labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -61,17 +63,30 @@ pub struct Options {
     /// Told once every file has been read (uploads may still run): the agent thaws frozen
     /// containers then, not when the upload ends.
     pub read_done: Option<crossbeam_channel::Sender<()>>,
+    /// What to leave out, besides what the source's labels and ignore file say.
+    pub exclude: exclude::Rules,
+    /// Read and chunk as a backup would, to report what is new, but write nothing.
+    pub dry_run: bool,
 }
 
 /// Result of one backup, as `backup --json` reports it.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub volume: String,
-    pub snapshot_id: SnapshotId,
+    /// None in a dry run.
+    pub snapshot_id: Option<SnapshotId>,
     pub parent: Option<SnapshotId>,
     pub summary: Summary,
     /// object-lock mode: what making the snapshot's objects retained long enough took.
     pub retention: Option<crate::repo::retention::ExtendReport>,
+}
+
+impl Report {
+    /// The snapshot's short id, or what stands for it in a dry run.
+    pub fn short_id(&self) -> String {
+        self.snapshot_id
+            .map_or_else(|| "(dry run)".into(), |id| id.short())
+    }
 }
 
 /// Backs up `source`, deduplicating against `index`, which is extended with what was added.
@@ -99,6 +114,27 @@ pub fn run(
         None => None,
     };
 
+    let (exclude, exclude_problems) =
+        exclude::Exclude::for_source(&opts.exclude, &source.path, &source.exclude_labels);
+    if opts.dry_run {
+        let mut summary = dry_run(
+            repo,
+            index,
+            &exclude,
+            exclude_problems,
+            source,
+            &root_meta,
+            parent_root,
+        )?;
+        summary.duration_s = started.elapsed().as_secs_f64();
+        return Ok(Report {
+            volume: source.name.clone(),
+            snapshot_id: None,
+            parent: parent.map(|(id, _)| id),
+            summary,
+            retention: None,
+        });
+    }
     let inflight = Inflight::start(repo, &opts.host, &opts.marked.packs, opts.wait_for_others)?;
     let inflight = &inflight;
     let workers = std::thread::available_parallelism()
@@ -146,17 +182,9 @@ pub fn run(
             .spawn_scoped(s, move || readahead(ra_rx))
             .expect("spawning a thread");
 
-        let mut scanner = Scanner {
-            repo,
-            index,
-            pending: HashSet::new(),
-            reused_packs: HashSet::new(),
-            tx: raw_tx,
-            summary: Summary::default(),
-            error_count: 0,
-            progress: opts.progress.clone(),
-            readahead: Some(ra_tx),
-        };
+        let mut scanner = Scanner::new(repo, index, &exclude, raw_tx, exclude_problems, source);
+        scanner.progress = opts.progress.clone();
+        scanner.readahead = Some(ra_tx);
         let scan_result = scanner.walk(&source.path, &root_meta, parent_root);
         if let Some(tx) = &opts.read_done {
             let _ = tx.send(());
@@ -216,12 +244,7 @@ pub fn run(
     }
     reused_packs.extend(&resolved.used_packs);
     summary.blobs_added = uploaded.packs.iter().map(|p| p.blobs.len() as u64).sum();
-    if error_count > summary.errors.len() as u64 {
-        summary.errors.push(format!(
-            "... and {} more errors",
-            error_count - summary.errors.len() as u64
-        ));
-    }
+    more_errors(&mut summary, error_count);
     summary.duration_s = started.elapsed().as_secs_f64();
     let mut snap = Snapshot {
         version: 1,
@@ -264,11 +287,54 @@ pub fn run(
     let (id, _) = repo.save_snapshot(&snap)?;
     Ok(Report {
         volume: source.name.clone(),
-        snapshot_id: id,
+        snapshot_id: Some(id),
         parent: snap.parent,
         summary: snap.summary,
         retention,
     })
+}
+
+/// A backup that writes nothing: the scanner runs as in a backup, and what it would send
+/// to the pipeline is counted and dropped. `blobs_added` and `bytes_added` say what would
+/// be new (bytes before compression and encryption).
+fn dry_run(
+    repo: &Repository,
+    index: &Index,
+    exclude: &exclude::Exclude,
+    problems: Vec<String>,
+    source: &Source,
+    root_meta: &std::fs::Metadata,
+    parent_root: Option<Tree>,
+) -> Result<Summary> {
+    let (tx, rx) = bounded::<RawBlob>(QUEUE_BLOBS);
+    std::thread::scope(|s| {
+        let counter = s.spawn(move || {
+            rx.iter().fold((0u64, 0u64), |(n, b), blob| {
+                (n + 1, b + blob.raw.len() as u64)
+            })
+        });
+        let mut scanner = Scanner::new(repo, index, exclude, tx, problems, source);
+        let walked = scanner.walk(&source.path, root_meta, parent_root);
+        let mut summary = std::mem::take(&mut scanner.summary);
+        let error_count = scanner.error_count;
+        drop(scanner);
+        let (blobs, bytes) = counter.join().expect("the dry-run counter does not panic");
+        walked?;
+        summary.blobs_added = blobs;
+        summary.bytes_added = bytes;
+        more_errors(&mut summary, error_count);
+        Ok(summary)
+    })
+}
+
+/// Says how many soft errors there were beyond those kept verbatim.
+fn more_errors(summary: &mut Summary, error_count: u64) {
+    if error_count > summary.errors.len() as u64 {
+        summary.errors.push(format!(
+            "... and {} more errors",
+            error_count - summary.errors.len() as u64
+        ));
+    }
 }
 
 /// The latest snapshot of the same volume from the same host.
@@ -284,6 +350,31 @@ fn find_parent(
         .find(|(_, s)| s.volume == volume && s.host == host))
 }
 
+/// The `volguard.exclude` labels that apply to volume `name`: its own, then those of every
+/// container that mounts it (running or not: a stopped one still owns the data).
+fn exclude_labels(
+    name: &str,
+    own: &std::collections::BTreeMap<String, String>,
+    containers: &[crate::docker::containers::Container],
+) -> Vec<(String, String)> {
+    use crate::docker::containers::MountKind;
+    let mut out: Vec<(String, String)> = own
+        .get(exclude::EXCLUDE_LABEL)
+        .map(|v| (format!("volume {name}"), v.clone()))
+        .into_iter()
+        .collect();
+    for c in containers {
+        let mounts = c
+            .mounts
+            .iter()
+            .any(|m| m.kind == MountKind::Volume && m.name.as_deref() == Some(name));
+        if let Some(v) = c.labels.get(exclude::EXCLUDE_LABEL).filter(|_| mounts) {
+            out.push((format!("container {}", c.name), v.clone()));
+        }
+    }
+    out
+}
+
 /// A parent tree that cannot be read only costs the incremental shortcut, never the backup.
 fn usable_parent_tree(loaded: Result<Tree>) -> Option<Tree> {
     match loaded {
@@ -295,7 +386,8 @@ fn usable_parent_tree(loaded: Result<Tree>) -> Option<Tree> {
     }
 }
 
-/// Backup sources for Docker volumes, each with its definition from metadata.db. A volume
+/// Backup sources for Docker volumes, each with its definition from metadata.db and the
+/// `volguard.exclude` labels of the volume and of the containers that mount it. A volume
 /// whose data is mounted elsewhere only while in use is skipped with the reason under
 /// `--all` (`skipped` is given), and an error when it was named.
 pub fn volume_sources(
@@ -307,6 +399,7 @@ pub fn volume_sources(
     for w in warnings {
         tracing::warn!("{w}");
     }
+    let (containers, _) = crate::docker::containers::read_containers(docker_root);
     let mut out = Vec::new();
     for name in names {
         match crate::docker::volume_source(docker_root, name, &defs)? {
@@ -314,6 +407,7 @@ pub fn volume_sources(
                 name: name.clone(),
                 path: src.data,
                 origin: None,
+                exclude_labels: exclude_labels(name, &src.meta.labels, &containers),
                 docker_volume: Some(src.meta),
             }),
             Err(crate::docker::NotMounted(why)) => match skipped.as_deref_mut() {

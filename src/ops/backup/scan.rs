@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use walkdir::WalkDir;
 
+use super::exclude::Exclude;
 use super::pipeline::RawBlob;
 use super::read::{
     DIRECT_FILE_MIN, DirectReads, ExtentReader, ReadError, TeeHasher, open_for_backup,
@@ -42,6 +43,7 @@ struct Frame {
 pub(super) struct Scanner<'a> {
     pub(super) repo: &'a Repository,
     pub(super) index: &'a Index,
+    pub(super) exclude: &'a Exclude,
     /// Blobs sent into the pipeline during this run.
     pub(super) pending: HashSet<BlobId>,
     /// Packs that supplied blobs this run reused.
@@ -60,7 +62,35 @@ fn pipeline_closed() -> Error {
     Error::Other("the upload pipeline stopped".into())
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    /// A scanner sending new blobs to `tx`, with `problems` (bad excludes) already
+    /// recorded as soft errors of `source`.
+    pub(super) fn new(
+        repo: &'a Repository,
+        index: &'a Index,
+        exclude: &'a Exclude,
+        tx: Sender<RawBlob>,
+        problems: Vec<String>,
+        source: &super::Source,
+    ) -> Scanner<'a> {
+        let mut s = Scanner {
+            repo,
+            index,
+            exclude,
+            pending: HashSet::new(),
+            reused_packs: HashSet::new(),
+            tx,
+            summary: Summary::default(),
+            error_count: 0,
+            progress: None,
+            readahead: None,
+        };
+        for p in problems {
+            s.soft_error(&source.path, p);
+        }
+        s
+    }
+
     fn soft_error(&mut self, path: &Path, msg: impl std::fmt::Display) {
         let line = format!("{}: {msg}", path.display());
         tracing::warn!("{line}");
@@ -104,7 +134,8 @@ impl Scanner<'_> {
             .follow_links(false)
             .same_file_system(true)
             .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-        for entry in walker {
+        let mut entries = walker.into_iter();
+        while let Some(entry) = entries.next() {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
@@ -144,6 +175,20 @@ impl Scanner<'_> {
             } else {
                 entry.file_name().as_bytes().to_vec()
             };
+            if depth > 0 {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(path)
+                    .as_os_str()
+                    .as_bytes();
+                if self.exclude.excludes(rel, &name, path, &meta) {
+                    self.summary.excluded += 1;
+                    if meta.is_dir() {
+                        entries.skip_current_dir();
+                    }
+                    continue;
+                }
+            }
             let mut node = match fsmeta::read_node(path, &name, &meta) {
                 Ok(n) => n,
                 Err(e) => {

@@ -5,12 +5,8 @@
 //! is read: trees keep each file's plain BLAKE3.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use super::NodeInfo;
@@ -39,8 +35,7 @@ pub struct Criteria {
 
 /// The compiled form of [`Criteria`].
 struct Matcher {
-    names: Option<GlobSet>,
-    paths: Option<GlobSet>,
+    globs: crate::pathglob::PathGlobs,
     c: Criteria,
 }
 
@@ -59,48 +54,24 @@ impl Matcher {
                     .into(),
             ));
         }
-        let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
-        let (mut any_name, mut any_path) = (false, false);
+        let mut globs = crate::pathglob::Builder::default();
         for p in &c.patterns {
-            let glob = GlobBuilder::new(p.trim_start_matches('/'))
-                .literal_separator(true)
-                .build()
+            globs
+                .add(p)
                 .map_err(|e| Error::Usage(format!("pattern {p:?} is not a valid glob: {e}")))?;
-            if p.contains('/') {
-                paths.add(glob);
-                any_path = true;
-            } else {
-                names.add(glob);
-                any_name = true;
-            }
         }
-        let build = |b: GlobSetBuilder, any: bool| {
-            any.then(|| b.build())
-                .transpose()
-                .map_err(|e| Error::Usage(format!("patterns: {e}")))
-        };
         Ok(Matcher {
-            names: build(names, any_name)?,
-            paths: build(paths, any_path)?,
+            globs: globs
+                .build()
+                .map_err(|e| Error::Usage(format!("patterns: {e}")))?,
             c: c.clone(),
         })
     }
 
     fn matches(&self, path: &[u8], n: &Node) -> bool {
         let c = &self.c;
-        if self.names.is_some() || self.paths.is_some() {
-            let by_name = self
-                .names
-                .as_ref()
-                .is_some_and(|g| g.is_match(Path::new(OsStr::from_bytes(&n.name))));
-            let by_path = || {
-                self.paths
-                    .as_ref()
-                    .is_some_and(|g| g.is_match(Path::new(OsStr::from_bytes(path))))
-            };
-            if !by_name && !by_path() {
-                return false;
-            }
+        if !self.globs.is_empty() && !self.globs.matches(path, &n.name) {
+            return false;
         }
         let file = n.kind == NodeKind::File;
         if c.blake3.is_some() && (!file || n.file_hash != c.blake3) {
@@ -200,7 +171,7 @@ pub fn find(
 
 impl Search<'_> {
     fn key(&self, id: BlobId, path: &[u8]) -> (BlobId, Vec<u8>) {
-        let path = if self.m.paths.is_some() {
+        let path = if self.m.globs.has_path_patterns() {
             path.to_vec()
         } else {
             Vec::new()

@@ -59,6 +59,7 @@ pub fn run(
             path: root,
             origin: Some(ar.path.display().to_string()),
             docker_volume: None,
+            exclude_labels: Vec::new(),
         };
         let backup_opts = backup::Options {
             tags: opts.tags.clone(),
@@ -68,6 +69,8 @@ pub fn run(
             marked: marked.clone(),
             wait_for_others: crate::repo::inflight::DEFAULT_WAIT,
             read_done: None,
+            exclude: backup::exclude::Rules::default(),
+            dry_run: false,
         };
         let r = backup::run(repo, &mut index, &source, &backup_opts);
         if let Some(p) = &backup_opts.progress {

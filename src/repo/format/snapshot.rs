@@ -58,6 +58,9 @@ pub struct Summary {
     pub blobs_added: u64,
     pub duration_s: f64,
     pub errors: Vec<String>,
+    /// Entries left out by an exclude (a directory counts once, with all below it).
+    #[serde(default)]
+    pub excluded: u64,
 }
 
 impl Snapshot {
