@@ -20,8 +20,9 @@ pub(super) fn backup_volume(
     volume: &str,
     mode: Consistency,
 ) -> Result<backup::Report> {
-    let sources = backup::volume_sources(&ctx.docker_root, &[volume.to_string()], None)?;
+    let sources = backup::volume_sources(&ctx.docker_root, &[volume.to_string()], false)?;
     let source = sources
+        .sources
         .into_iter()
         .next()
         .ok_or_else(|| Error::Other(format!("volume {volume:?} has nothing to back up")))?;

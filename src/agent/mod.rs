@@ -41,11 +41,6 @@ use crate::context::{Ctx, Globals};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 
-/// The label (on a volume or a container mounting it) that picks the consistency mode.
-pub const CONSISTENCY_LABEL: &str = "volguard.consistency";
-/// `volguard.stop=true` on a container: stop it while its volumes are read.
-pub const STOP_LABEL: &str = "volguard.stop";
-
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

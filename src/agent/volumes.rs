@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use super::Loaded;
 use super::scheduler::{Agent, VolState, draw_jitter};
-use super::{CONSISTENCY_LABEL, Loaded, STOP_LABEL};
 use crate::config::agent::{AgentSettings, Consistency};
-use crate::config::schedule::{SCHEDULE_LABEL, Schedule};
+use crate::config::schedule::Schedule;
+use crate::docker::labels::{
+    self, CONSISTENCY as CONSISTENCY_LABEL, SCHEDULE as SCHEDULE_LABEL, STOP as STOP_LABEL,
+};
 use crate::docker::{self, containers};
 
 impl Agent {
@@ -36,12 +39,8 @@ impl Agent {
         };
         let (defs, _) = docker::volumes::read_volumes(root);
         let (ctrs, _) = containers::read_containers(root);
-        let selected: Vec<String> = names
-            .into_iter()
-            .filter(|n| loaded.settings.selects(n))
-            .collect();
-        self.volumes.retain(|n, _| selected.contains(n));
-        for name in selected {
+        let mut selected: Vec<String> = Vec::new();
+        for name in names.into_iter().filter(|n| loaded.settings.selects(n)) {
             let labels = defs
                 .iter()
                 .find(|d| d.name == name)
@@ -56,11 +55,28 @@ impl Agent {
                     })
                 })
                 .collect();
+            // volguard.backup=false on the volume or a container that mounts it, as for
+            // `backup --all`; a bad value is warned about when the volume is backed up.
+            let opted_out = std::iter::once(&labels)
+                .chain(mounters.iter().map(|c| &c.labels))
+                .any(|l| labels::opted_out("", l) == Ok(true));
+            if opted_out {
+                if self.volumes.contains_key(&name) {
+                    tracing::info!(
+                        "volume {name}: {}=false now; no longer backed up",
+                        labels::BACKUP
+                    );
+                }
+                self.volumes.remove(&name);
+                continue;
+            }
             let (schedule, consistency) = resolve(&loaded.settings, &name, &labels, &mounters);
             let v = self.volume_entry(&name, &loaded.settings);
             v.schedule = schedule;
             v.consistency = consistency;
+            selected.push(name);
         }
+        self.volumes.retain(|n, _| selected.contains(n));
     }
 }
 

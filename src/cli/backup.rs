@@ -141,6 +141,9 @@ impl Render for BackedUp<'_> {
         for f in &r.failed {
             ln!(t, "{}: FAILED: {}", f.volume, f.error);
         }
+        for o in &r.opted_out {
+            ln!(t, "{o}: not backed up, as its label asks");
+        }
         if r.nothing_found {
             ln!(
                 t,

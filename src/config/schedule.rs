@@ -14,10 +14,6 @@ pub enum Schedule {
     Off,
 }
 
-/// The label on a volume, or on a container (for the volumes it mounts), that sets its
-/// schedule.
-pub const SCHEDULE_LABEL: &str = "volguard.schedule";
-
 impl Schedule {
     pub fn parse(s: &str) -> Result<Schedule, String> {
         let every = |secs| Ok(Schedule::Every(Duration::from_secs(secs)));

@@ -8,6 +8,7 @@ pub mod api;
 pub mod bolt;
 pub mod containers;
 pub mod inventory;
+pub mod labels;
 pub mod layer_diff;
 pub mod layers;
 mod names;

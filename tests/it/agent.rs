@@ -357,6 +357,36 @@ fn agent_notifies_schedules_reloads_and_stops_within_its_bound() {
 }
 
 #[test]
+fn agent_leaves_out_a_volume_labelled_backup_false() {
+    require_docker();
+    let mut clean = DockerCleanup::new();
+    let kept = clean.volume(unique("agent-kept"));
+    let opted = clean.volume(unique("agent-optout"));
+    docker(&["volume", "create", &kept]);
+    docker(&[
+        "volume",
+        "create",
+        "--label",
+        "volguard.backup=false",
+        &opted,
+    ]);
+    sh_in_volume(&kept, "echo k > /data/f");
+    sh_in_volume(&opted, "echo o > /data/f");
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    let agent = AgentProc::start(&repo, "agent-optout", &config(&[&kept, &opted], ""));
+    agent.wait_status("two backups of the kept volume", |s| {
+        s["volumes"][&kept]["figures"]["backups_ok"].as_u64() >= Some(2)
+    });
+    assert_eq!(snapshots_of(&repo, &opted), 0, "{}", agent.log());
+    assert!(
+        agent.status()["volumes"].get(&opted).is_none(),
+        "{}",
+        agent.status()
+    );
+}
+
+#[test]
 fn agent_refuses_to_start_on_a_bad_config() {
     let repo = TestRepo::new();
     repo.run_ok(&["init"]);

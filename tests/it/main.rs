@@ -9,6 +9,7 @@
 mod common;
 
 mod agent;
+mod backup_policy;
 mod bad_input;
 mod browse;
 mod bucket_audit;
@@ -26,7 +27,6 @@ mod daemon_stopped;
 mod drill;
 mod env_smoke;
 mod epochs;
-mod exclude;
 mod exit_codes;
 mod export;
 mod forget;

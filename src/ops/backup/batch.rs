@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{Options, Report, Source, layers, volume_sources};
+use super::{Options, Report, Source, VolumeSources, layers, volume_sources};
 use crate::error::{Error, Result};
 use crate::ops::prune;
 use crate::repo::Repository;
@@ -53,6 +53,9 @@ pub struct BatchReport {
     pub snapshots: Vec<Report>,
     pub failed: Vec<Failed>,
     pub skipped: Vec<String>,
+    /// Volumes `--all` left out because they opted out (`volguard.backup=false`): wanted,
+    /// so not a partial run.
+    pub opted_out: Vec<String>,
     /// No source was selected (`--all` on a host without volumes).
     #[serde(skip)]
     pub nothing_found: bool,
@@ -72,6 +75,7 @@ pub struct Selected {
     /// Volumes without data found before the run; kept only if still so after it.
     without_data: Vec<String>,
     skipped: Vec<String>,
+    opted_out: Vec<String>,
     vanishing_ok: bool,
 }
 
@@ -90,23 +94,25 @@ pub fn select(docker_root: &std::path::Path, selection: &Selection) -> Result<Se
         ));
     }
     let mut without_data = Vec::new();
-    let mut skipped = Vec::new();
-    let mut sources: Vec<Source> = if let Some((path, name)) = &selection.path {
-        vec![Source {
-            name: name.clone(),
-            path: path.clone(),
-            origin: None,
-            docker_volume: None,
-            exclude_labels: Vec::new(),
-        }]
+    let mut volumes = if let Some((path, name)) = &selection.path {
+        VolumeSources {
+            sources: vec![Source {
+                name: name.clone(),
+                path: path.clone(),
+                origin: None,
+                docker_volume: None,
+                exclude_labels: Vec::new(),
+            }],
+            ..VolumeSources::default()
+        }
     } else if selection.all {
         without_data = crate::docker::volumes_without_data(docker_root);
         let names = crate::docker::list_volumes(docker_root)?;
-        volume_sources(docker_root, &names, Some(&mut skipped))?
+        volume_sources(docker_root, &names, true)?
     } else if selection.volumes.is_empty() {
-        Vec::new()
+        VolumeSources::default()
     } else {
-        volume_sources(docker_root, &selection.volumes, None)?
+        volume_sources(docker_root, &selection.volumes, false)?
     };
     let layers = layers::sources(
         docker_root,
@@ -114,12 +120,13 @@ pub fn select(docker_root: &std::path::Path, selection: &Selection) -> Result<Se
         selection.all_writable_layers,
     )
     .map_err(Error::Other)?;
-    sources.extend(layers.sources);
-    skipped.extend(layers.skipped);
+    volumes.sources.extend(layers.sources);
+    volumes.skipped.extend(layers.skipped);
     Ok(Selected {
-        sources,
+        sources: volumes.sources,
         without_data,
-        skipped,
+        skipped: volumes.skipped,
+        opted_out: volumes.opted_out,
         // `--all` races with `docker volume rm`: a source that vanished was not lost.
         vanishing_ok: selection.all || selection.all_writable_layers,
     })
@@ -139,6 +146,7 @@ pub fn run(
         sources,
         without_data,
         skipped,
+        opted_out,
         vanishing_ok,
     } = selected;
     repo.enter_epoch(
@@ -158,7 +166,8 @@ pub fn run(
         snapshots: Vec::new(),
         failed: Vec::new(),
         skipped: Vec::new(),
-        nothing_found: sources.is_empty(),
+        nothing_found: sources.is_empty() && opted_out.is_empty(),
+        opted_out,
     };
     for src in &sources {
         let opts = Options {

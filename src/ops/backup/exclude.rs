@@ -11,13 +11,12 @@ use std::fs::Metadata;
 use std::io::Read as _;
 use std::path::Path;
 
+use crate::docker::labels::EXCLUDE as EXCLUDE_LABEL;
 use crate::error::{Error, Result};
 use crate::pathglob::{Builder, PathGlobs};
 
 /// The ignore file a volume may carry at its root, one glob per line.
 pub const IGNORE_FILE: &str = ".volguardignore";
-/// Label on a volume, or on a container that mounts it: `GLOB[,GLOB...]`.
-pub const EXCLUDE_LABEL: &str = "volguard.exclude";
 const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 /// An ignore file larger than this is not a list of patterns anyone wrote by hand.

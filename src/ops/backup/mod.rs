@@ -350,31 +350,6 @@ fn find_parent(
         .find(|(_, s)| s.volume == volume && s.host == host))
 }
 
-/// The `volguard.exclude` labels that apply to volume `name`: its own, then those of every
-/// container that mounts it (running or not: a stopped one still owns the data).
-fn exclude_labels(
-    name: &str,
-    own: &std::collections::BTreeMap<String, String>,
-    containers: &[crate::docker::containers::Container],
-) -> Vec<(String, String)> {
-    use crate::docker::containers::MountKind;
-    let mut out: Vec<(String, String)> = own
-        .get(exclude::EXCLUDE_LABEL)
-        .map(|v| (format!("volume {name}"), v.clone()))
-        .into_iter()
-        .collect();
-    for c in containers {
-        let mounts = c
-            .mounts
-            .iter()
-            .any(|m| m.kind == MountKind::Volume && m.name.as_deref() == Some(name));
-        if let Some(v) = c.labels.get(exclude::EXCLUDE_LABEL).filter(|_| mounts) {
-            out.push((format!("container {}", c.name), v.clone()));
-        }
-    }
-    out
-}
-
 /// A parent tree that cannot be read only costs the incremental shortcut, never the backup.
 fn usable_parent_tree(loaded: Result<Tree>) -> Option<Tree> {
     match loaded {
@@ -386,35 +361,84 @@ fn usable_parent_tree(loaded: Result<Tree>) -> Option<Tree> {
     }
 }
 
+/// Volume sources of one run, and the volumes `--all` leaves out, each with why.
+#[derive(Debug, Default)]
+pub struct VolumeSources {
+    pub sources: Vec<Source>,
+    /// Data mounted from elsewhere only while in use: nothing to read now.
+    pub skipped: Vec<String>,
+    /// `volguard.backup=false` on the volume or a container that mounts it.
+    pub opted_out: Vec<String>,
+}
+
 /// Backup sources for Docker volumes, each with its definition from metadata.db and the
-/// `volguard.exclude` labels of the volume and of the containers that mount it. A volume
-/// whose data is mounted elsewhere only while in use is skipped with the reason under
-/// `--all` (`skipped` is given), and an error when it was named.
+/// `volguard.exclude` labels of the volume and of the containers that mount it. With `all`
+/// (`backup --all`), a volume whose data is mounted elsewhere only while in use is skipped
+/// with the reason, and one that opted out is left out; a volume named explicitly is backed
+/// up whatever its labels say, and one without data is an error. Every unknown `volguard.*`
+/// label on these volumes and their containers is named as a warning.
 pub fn volume_sources(
     docker_root: &std::path::Path,
     names: &[String],
-    mut skipped: Option<&mut Vec<String>>,
-) -> Result<Vec<Source>> {
+    all: bool,
+) -> Result<VolumeSources> {
+    use crate::docker::{containers::MountKind, labels};
     let (defs, warnings) = crate::docker::volumes::read_volumes(docker_root);
     for w in warnings {
         tracing::warn!("{w}");
     }
     let (containers, _) = crate::docker::containers::read_containers(docker_root);
-    let mut out = Vec::new();
+    let mut out = VolumeSources::default();
     for name in names {
-        match crate::docker::volume_source(docker_root, name, &defs)? {
-            Ok(src) => out.push(Source {
-                name: name.clone(),
-                path: src.data,
-                origin: None,
-                exclude_labels: exclude_labels(name, &src.meta.labels, &containers),
-                docker_volume: Some(src.meta),
-            }),
-            Err(crate::docker::NotMounted(why)) => match skipped.as_deref_mut() {
-                Some(list) => list.push(why),
-                None => return Err(Error::Other(why)),
-            },
+        let src = match crate::docker::volume_source(docker_root, name, &defs)? {
+            Ok(src) => src,
+            Err(crate::docker::NotMounted(why)) if all => {
+                out.skipped.push(why);
+                continue;
+            }
+            Err(crate::docker::NotMounted(why)) => return Err(Error::Other(why)),
+        };
+        // The volume's own labels first, then those of every container that mounts it
+        // (running or not: a stopped one still owns the data).
+        let owners: Vec<(String, &std::collections::BTreeMap<String, String>)> =
+            std::iter::once((format!("volume {name}"), &src.meta.labels))
+                .chain(
+                    containers
+                        .iter()
+                        .filter(|c| {
+                            c.mounts.iter().any(|m| {
+                                m.kind == MountKind::Volume && m.name.as_deref() == Some(name)
+                            })
+                        })
+                        .map(|c| (format!("container {}", c.name), &c.labels)),
+                )
+                .collect();
+        let mut opted_out_by = None;
+        for (owner, l) in &owners {
+            for w in labels::unknown(owner, l) {
+                tracing::warn!("{w}");
+            }
+            match labels::opted_out(owner, l) {
+                Ok(true) => opted_out_by = opted_out_by.or(Some(owner.clone())),
+                Ok(false) => {}
+                Err(w) => tracing::warn!("{w}"),
+            }
         }
+        if let (true, Some(by)) = (all, &opted_out_by) {
+            out.opted_out
+                .push(format!("{name}: {} {by}", labels::BACKUP_FALSE));
+            continue;
+        }
+        out.sources.push(Source {
+            name: name.clone(),
+            path: src.data,
+            origin: None,
+            exclude_labels: owners
+                .iter()
+                .filter_map(|(owner, l)| Some((owner.clone(), l.get(labels::EXCLUDE)?.clone())))
+                .collect(),
+            docker_volume: Some(src.meta),
+        });
     }
     Ok(out)
 }

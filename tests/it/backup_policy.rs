@@ -1,6 +1,7 @@
 //! `backup` excludes against a real dockerd: flags, an exclude file, the volume's
 //! `.volguardignore`, `volguard.exclude` labels on the volume and on a container that mounts
-//! it, a size limit and CACHEDIR.TAG; bad patterns are named and do not stop other volumes.
+//! it, a size limit and CACHEDIR.TAG; bad patterns are named and do not stop other volumes;
+//! `--dry-run` writes nothing; `volguard.backup=false` leaves a volume out of `--all`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,6 +22,24 @@ fn paths_below(root: &Path) -> BTreeSet<String> {
                 .into_owned()
         })
         .collect()
+}
+
+/// Creates (never starts) container `name` with `label`, mounting `volume` at /data: a
+/// container that mounts a volume speaks for it whether it runs or not.
+fn labelled_container(name: &str, label: &str, volume: &str) {
+    docker(&[
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "--label",
+        label,
+        "-v",
+        &format!("{volume}:/data"),
+        IMAGE,
+        "true",
+    ]);
 }
 
 const DATA: &str = r#"
@@ -54,21 +73,8 @@ fn excludes_of_every_kind_leave_exactly_the_expected_paths_out() {
         &vol,
     ]);
     sh_in_volume(&vol, DATA);
-    // Created, never started: a container that mounts the volume still speaks for it.
     let ctr = clean.container(unique("vg-excl-c"));
-    docker(&[
-        "create",
-        "--name",
-        &ctr,
-        "--network",
-        "none",
-        "--label",
-        "volguard.exclude=scratch",
-        "-v",
-        &format!("{vol}:/data"),
-        IMAGE,
-        "true",
-    ]);
+    labelled_container(&ctr, "volguard.exclude=scratch", &vol);
 
     let repo = TestRepo::new();
     repo.run_ok(&["init"]);
@@ -270,4 +276,89 @@ fn dry_run_reports_what_is_new_and_excluded_and_writes_nothing() {
         Some(1),
         "{snaps}"
     );
+}
+
+#[test]
+fn opted_out_volumes_are_left_out_of_all_and_bad_labels_are_named() {
+    require_docker();
+    let mut clean = DockerCleanup::new();
+    let by_volume = clean.volume(unique("vg-optout-v"));
+    let by_container = clean.volume(unique("vg-optout-c"));
+    let odd = clean.volume(unique("vg-oddlabels"));
+    docker(&[
+        "volume",
+        "create",
+        "--label",
+        "volguard.backup=false",
+        &by_volume,
+    ]);
+    docker(&["volume", "create", &by_container]);
+    docker(&[
+        "volume",
+        "create",
+        "--label",
+        "volguard.backup=maybe",
+        "--label",
+        "volguard.exclud=x",
+        &odd,
+    ]);
+    for v in [&by_volume, &by_container, &odd] {
+        sh_in_volume(v, "echo x > /data/x");
+    }
+    let ctr = clean.container(unique("vg-optout-ctr"));
+    labelled_container(&ctr, "volguard.backup=false", &by_container);
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    let root = docker_root();
+    let root = root.to_str().unwrap();
+
+    // Other tests create and remove volumes meanwhile, which may end as a soft error (3).
+    let out = repo.run(&["--json", "--docker-root", root, "backup", "--all"]);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        describe(&repo.cmd(), &out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backed: Vec<&str> = v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["volume"].as_str().unwrap())
+        .collect();
+    assert!(backed.contains(&odd.as_str()), "{v}");
+    assert!(
+        !backed.contains(&by_volume.as_str()) && !backed.contains(&by_container.as_str()),
+        "{v}"
+    );
+    let opted = v["opted_out"].to_string();
+    assert!(
+        opted.contains(&format!(
+            "{by_volume}: volguard.backup=false on volume {by_volume}"
+        )),
+        "{opted}"
+    );
+    assert!(
+        opted.contains(&format!(
+            "{by_container}: volguard.backup=false on container {ctr}"
+        )),
+        "{opted}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "volume {odd}: label volguard.backup=\"maybe\" is neither true nor false"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "volume {odd}: label volguard.exclud is not a volguard label"
+        )),
+        "{err}"
+    );
+
+    // Named explicitly, an opted-out volume is backed up: the operator asked for it.
+    let out = repo.run_json(&["--docker-root", root, "backup", &by_volume]);
+    assert_eq!(out["snapshots"][0]["volume"], by_volume.as_str(), "{out}");
 }

@@ -1,0 +1,85 @@
+//! The labels volguard reads on volumes and on the containers that mount them, in one list,
+//! so that a misspelt `volguard.*` key is named instead of silently doing nothing.
+
+use std::collections::BTreeMap;
+
+/// `volguard.backup=false`: leave the volume out of `backup --all` and the agent.
+pub const BACKUP: &str = "volguard.backup";
+/// How a skipped volume's opt-out reads in reports.
+pub const BACKUP_FALSE: &str = "volguard.backup=false on";
+/// `volguard.exclude=GLOB[,GLOB...]`: paths every backup of the volume leaves out.
+pub const EXCLUDE: &str = "volguard.exclude";
+/// The agent's schedule for the volume.
+pub const SCHEDULE: &str = "volguard.schedule";
+/// The consistency mode while the agent reads the volume: freeze, stop or none.
+pub const CONSISTENCY: &str = "volguard.consistency";
+/// `volguard.stop=true` on a container: stop it while its volumes are read.
+pub const STOP: &str = "volguard.stop";
+
+const KNOWN: [&str; 5] = [BACKUP, EXCLUDE, SCHEDULE, CONSISTENCY, STOP];
+const PREFIX: &str = "volguard.";
+
+/// A line for every `volguard.*` label in `labels` that volguard does not know, naming
+/// `owner` (e.g. "container web") and the labels it does know.
+pub fn unknown(owner: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    labels
+        .keys()
+        .filter(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
+        .map(|k| {
+            format!(
+                "{owner}: label {k} is not a volguard label and does nothing; the known ones \
+                 are {}",
+                KNOWN.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// Whether the volume opted out of `--all` and the agent: the label on the volume or on a
+/// container that mounts it, with who set it; a value other than true/false is a problem
+/// and keeps the volume in (backing up too much loses nothing).
+pub fn opted_out(owner: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    match labels.get(BACKUP).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v == "false" => Ok(true),
+        Some(v) if v == "true" => Ok(false),
+        Some(v) => Err(format!(
+            "{owner}: label {BACKUP}={v:?} is neither true nor false; the volume is backed up"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_volguard_keys_are_named_and_others_ignored() {
+        let l = labels(&[
+            ("volguard.exclud", "*.tmp"),
+            ("volguard.exclude", "*.tmp"),
+            ("com.docker.compose.project", "x"),
+        ]);
+        let u = unknown("container web", &l);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert!(
+            u[0].starts_with("container web: label volguard.exclud "),
+            "{u:?}"
+        );
+    }
+
+    #[test]
+    fn only_true_or_false_decide_the_opt_out() {
+        assert_eq!(opted_out("v", &labels(&[(BACKUP, "False")])), Ok(true));
+        assert_eq!(opted_out("v", &labels(&[(BACKUP, "true")])), Ok(false));
+        assert_eq!(opted_out("v", &labels(&[])), Ok(false));
+        let e = opted_out("volume v", &labels(&[(BACKUP, "no")])).unwrap_err();
+        assert!(e.contains("volume v: label volguard.backup=\"no\""), "{e}");
+    }
+}
