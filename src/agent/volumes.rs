@@ -46,15 +46,8 @@ impl Agent {
                 .find(|d| d.name == name)
                 .map(|d| d.labels.clone())
                 .unwrap_or_default();
-            let mounters: Vec<&containers::Container> = ctrs
-                .iter()
-                .filter(|c| {
-                    c.mounts.iter().any(|m| {
-                        m.kind == containers::MountKind::Volume
-                            && m.name.as_deref() == Some(name.as_str())
-                    })
-                })
-                .collect();
+            let mounters: Vec<&containers::Container> =
+                containers::mounting(&ctrs, &name).collect();
             // volguard.backup=false on the volume or a container that mounts it, as for
             // `backup --all`; a bad value is warned about when the volume is backed up.
             let opted_out = std::iter::once(&labels)

@@ -51,6 +51,7 @@ pub(super) fn run(ctx: &Ctx, a: &ForgetArgs) -> Result<i32> {
             keep,
             volume: a.volume.clone(),
             host: a.host.clone(),
+            skip_volumes: Vec::new(),
             dry_run: a.dry_run,
             prune: a.prune.then(|| prune::Options {
                 dry_run: a.dry_run,

@@ -48,6 +48,16 @@ pub struct Container {
     pub config_path: std::path::PathBuf,
 }
 
+/// The containers among `all` that mount volume `name`, running or not: a stopped one still
+/// owns the data, and its labels still speak for the volume.
+pub fn mounting<'a>(all: &'a [Container], name: &'a str) -> impl Iterator<Item = &'a Container> {
+    all.iter().filter(move |c| {
+        c.mounts
+            .iter()
+            .any(|m| m.kind == MountKind::Volume && m.name.as_deref() == Some(name))
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ConfigV2 {

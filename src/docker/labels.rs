@@ -16,7 +16,33 @@ pub const CONSISTENCY: &str = "volguard.consistency";
 /// `volguard.stop=true` on a container: stop it while its volumes are read.
 pub const STOP: &str = "volguard.stop";
 
-const KNOWN: [&str; 5] = [BACKUP, EXCLUDE, SCHEDULE, CONSISTENCY, STOP];
+/// `volguard.keep-last=N`, `volguard.keep-daily=N`, ... `volguard.keep-within=1y2m`: the
+/// volume's own retention in the agent, in place of `[agent.retention]`'s keep rules (the
+/// `forget` flag of the same name, without the `--`).
+pub const KEEP: [&str; 7] = [
+    "volguard.keep-last",
+    "volguard.keep-hourly",
+    "volguard.keep-daily",
+    "volguard.keep-weekly",
+    "volguard.keep-monthly",
+    "volguard.keep-yearly",
+    "volguard.keep-within",
+];
+
+const KNOWN: [&str; 12] = [
+    BACKUP,
+    EXCLUDE,
+    SCHEDULE,
+    CONSISTENCY,
+    STOP,
+    KEEP[0],
+    KEEP[1],
+    KEEP[2],
+    KEEP[3],
+    KEEP[4],
+    KEEP[5],
+    KEEP[6],
+];
 const PREFIX: &str = "volguard.";
 
 /// A line for every `volguard.*` label in `labels` that volguard does not know, naming
@@ -64,6 +90,7 @@ mod tests {
         let l = labels(&[
             ("volguard.exclud", "*.tmp"),
             ("volguard.exclude", "*.tmp"),
+            ("volguard.keep-daily", "7"),
             ("com.docker.compose.project", "x"),
         ]);
         let u = unknown("container web", &l);

@@ -387,6 +387,45 @@ fn agent_leaves_out_a_volume_labelled_backup_false() {
 }
 
 #[test]
+fn a_volumes_keep_labels_replace_the_agents_retention_rules_for_it() {
+    require_docker();
+    let mut clean = DockerCleanup::new();
+    let own = clean.volume(unique("agent-keep1"));
+    let global = clean.volume(unique("agent-keep3"));
+    docker(&["volume", "create", "--label", "volguard.keep-last=1", &own]);
+    docker(&["volume", "create", &global]);
+    sh_in_volume(&own, "echo o > /data/f");
+    sh_in_volume(&global, "echo g > /data/f");
+    let repo = TestRepo::new();
+    repo.run_ok(&["init"]);
+    let retention = "[agent.retention]\nevery = \"1s\"\nkeep_last = 3\nprune = false\n";
+    let agent = AgentProc::start(&repo, "agent-keep", &config(&[&own, &global], retention));
+    // Backups every 2 s, retention every second: the labelled volume is held at one
+    // snapshot, the other at three (a fresh backup may add one until the next pass).
+    let until = Instant::now() + WAIT;
+    loop {
+        let (o, g) = (snapshots_of(&repo, &own), snapshots_of(&repo, &global));
+        if o == 1 && g >= 3 {
+            assert!(g <= 4, "global rules kept {g}; log:\n{}", agent.log());
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "own {o}, global {g} snapshots; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        agent
+            .log()
+            .contains(&format!("retention by volume {own} (its labels")),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
 fn agent_refuses_to_start_on_a_bad_config() {
     let repo = TestRepo::new();
     repo.run_ok(&["init"]);

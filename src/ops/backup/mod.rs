@@ -382,12 +382,12 @@ pub fn volume_sources(
     names: &[String],
     all: bool,
 ) -> Result<VolumeSources> {
-    use crate::docker::{containers::MountKind, labels};
+    use crate::docker::{containers, labels};
     let (defs, warnings) = crate::docker::volumes::read_volumes(docker_root);
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let (containers, _) = crate::docker::containers::read_containers(docker_root);
+    let (ctrs, _) = containers::read_containers(docker_root);
     let mut out = VolumeSources::default();
     for name in names {
         let src = match crate::docker::volume_source(docker_root, name, &defs)? {
@@ -398,18 +398,11 @@ pub fn volume_sources(
             }
             Err(crate::docker::NotMounted(why)) => return Err(Error::Other(why)),
         };
-        // The volume's own labels first, then those of every container that mounts it
-        // (running or not: a stopped one still owns the data).
+        // The volume's own labels first, then those of every container that mounts it.
         let owners: Vec<(String, &std::collections::BTreeMap<String, String>)> =
             std::iter::once((format!("volume {name}"), &src.meta.labels))
                 .chain(
-                    containers
-                        .iter()
-                        .filter(|c| {
-                            c.mounts.iter().any(|m| {
-                                m.kind == MountKind::Volume && m.name.as_deref() == Some(name)
-                            })
-                        })
+                    containers::mounting(&ctrs, name)
                         .map(|c| (format!("container {}", c.name), &c.labels)),
                 )
                 .collect();

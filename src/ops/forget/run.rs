@@ -51,6 +51,8 @@ pub struct ForgetOptions {
     pub volume: Option<String>,
     /// Only snapshots from this host (None: all).
     pub host: Option<String>,
+    /// Leave these volumes' snapshots alone (the agent forgets them by their own labels).
+    pub skip_volumes: Vec<String>,
     /// Plan only; delete nothing.
     pub dry_run: bool,
     /// Prune afterwards with these options; never after a refused plan.
@@ -100,7 +102,8 @@ pub fn run(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
     for p in &problems {
         tracing::warn!("{p}; that snapshot is left alone");
     }
-    let (candidates, unparsed) = candidates(all, opts.volume.as_deref(), opts.host.as_deref());
+    let (mut candidates, unparsed) = candidates(all, opts.volume.as_deref(), opts.host.as_deref());
+    candidates.retain(|c| !opts.skip_volumes.contains(&c.volume));
     let plan = plan(&candidates, &opts.keep, OffsetDateTime::now_utc());
     let refused: Vec<String> = plan
         .emptied_groups()
