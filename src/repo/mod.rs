@@ -194,11 +194,22 @@ impl Repository {
         };
         let key_objects = runtime.block_on(backend.list(Kind::Key))?;
         let mut master = None;
+        // Key entries are named by the BLAKE3 of their bytes: one that does not match was
+        // damaged in storage or in transit. It is read once more; if it still does not
+        // match, it is tried anyway, and named if no entry opens.
+        let mut damaged = None;
         for k in &key_objects {
             if k.size > 64 * 1024 {
                 continue;
             }
-            let bytes = runtime.block_on(backend.get(Kind::Key, &k.name))?;
+            let matches = |b: &[u8]| hex::encode(blake3::hash(b).as_bytes()) == k.name;
+            let mut bytes = runtime.block_on(backend.get(Kind::Key, &k.name))?;
+            if !matches(&bytes) {
+                bytes = runtime.block_on(backend.get(Kind::Key, &k.name))?;
+                if !matches(&bytes) {
+                    damaged.get_or_insert(k.name.clone());
+                }
+            }
             let entry: KeyEntry = match serde_json::from_slice(&bytes) {
                 Ok(e) => e,
                 Err(e) => {
@@ -212,6 +223,14 @@ impl Repository {
             }
         }
         let Some(master) = master else {
+            if let Some(name) = damaged {
+                return Err(Error::corrupt(
+                    format!("keys/{name}"),
+                    "its content does not match its name, read twice (damaged in storage or \
+                     in transit), and no other key entry opens with this key; run the command \
+                     again, and if this stays, restore that object from a copy",
+                ));
+            }
             return Err(Error::WrongKey {
                 location,
                 keys: key_objects.len(),
@@ -219,7 +238,14 @@ impl Repository {
             });
         };
         let keys = Keys::from_master(&master);
-        let plain = keys.open(Purpose::Config, &sealed_config, "config")?;
+        // A config damaged in transit opens on a second read.
+        let plain = match keys.open(Purpose::Config, &sealed_config, "config") {
+            Ok(p) => p,
+            Err(_) => {
+                let again = runtime.block_on(backend.get(Kind::Config, "config"))?;
+                keys.open(Purpose::Config, &again, "config")?
+            }
+        };
         let config: RepoConfig = serde_json::from_slice(&plain)
             .map_err(|e| Error::corrupt("config", format!("decode: {e}")))?;
         config.validate()?;

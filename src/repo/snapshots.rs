@@ -48,26 +48,51 @@ impl Repository {
     /// Resolves `which` (see [`Which`]) among the snapshots of `volume`.
     pub fn find_snapshot(&self, volume: &str, which: &str) -> Result<SnapshotEntry> {
         let which = Which::parse(which, time::OffsetDateTime::now_utc())?;
+        self.listed_again_if_missing(|all, problems| {
+            self.pick_focused(all, problems, volume, &which)
+        })
+    }
+
+    /// Runs `pick` on the snapshot listing; when it finds nothing, on a second listing. A
+    /// listing damaged in transit (S3 listings carry no checksum) or taken just before the
+    /// snapshot appeared can miss it, and "no such snapshot" must not be said of one that
+    /// exists.
+    fn listed_again_if_missing<T>(
+        &self,
+        pick: impl Fn(&[SnapshotEntry], &[String]) -> Result<T>,
+    ) -> Result<T> {
         let (all, problems) = self.list_snapshots()?;
-        self.pick_focused(&all, &problems, volume, &which)
+        match pick(&all, &problems) {
+            Ok(found) => Ok(found),
+            Err(Error::Usage(_) | Error::NotFound { .. }) => {
+                let (all, problems) = self.list_snapshots()?;
+                pick(&all, &problems)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Resolves a `VOLUME[:SNAPSHOT]` spec; `flag` is the snapshot a flag (`--snapshot`)
     /// named, if one did: naming it both ways is a usage error. Neither means `latest`.
     pub fn find_spec(&self, spec: &str, flag: Option<&str>) -> Result<SnapshotEntry> {
-        let (all, problems) = self.list_snapshots()?;
-        let (volume, which) = split_spec(spec, |v| all.iter().any(|(_, s)| s.volume == v));
-        let which = match (which, flag) {
-            (Some(w), Some(f)) => {
-                return Err(Error::Usage(format!(
-                    "{spec:?} names snapshot {w:?} and --snapshot names {f:?}; give it once"
-                )));
-            }
-            (Some(w), None) | (None, Some(w)) => w,
-            (None, None) => "latest",
+        let now = time::OffsetDateTime::now_utc();
+        let parsed = |all: &[SnapshotEntry]| {
+            let (volume, which) = split_spec(spec, |v| all.iter().any(|(_, s)| s.volume == v));
+            let which = match (which, flag) {
+                (Some(w), Some(f)) => {
+                    return Err(Error::Usage(format!(
+                        "{spec:?} names snapshot {w:?} and --snapshot names {f:?}; give it once"
+                    )));
+                }
+                (Some(w), None) | (None, Some(w)) => w,
+                (None, None) => "latest",
+            };
+            Ok((volume, Which::parse(which, now)?))
         };
-        let which = Which::parse(which, time::OffsetDateTime::now_utc())?;
-        self.pick_focused(&all, &problems, volume, &which)
+        self.listed_again_if_missing(|all, problems| {
+            let (volume, which) = parsed(all)?;
+            self.pick_focused(all, problems, volume, &which)
+        })
     }
 
     /// The volume a `VOLUME[:SNAPSHOT]` spec names and its snapshot part; the snapshots are

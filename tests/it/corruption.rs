@@ -578,3 +578,27 @@ fn repair_rebuilds_a_deleted_index_from_the_packs() {
     }
     let _ = SnapshotId::from_hex(&sa).unwrap();
 }
+
+#[test]
+fn a_damaged_key_entry_is_named_as_damage_not_as_a_wrong_key() {
+    let t = TestRepo::new();
+    t.run_ok(&["init"]);
+    let keys: Vec<PathBuf> = std::fs::read_dir(t.repo.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1);
+    let good = std::fs::read(&keys[0]).unwrap();
+    damage(&keys[0], Fault::BitFlip, None);
+    let out = t.run(&["snapshots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let name = keys[0].file_name().unwrap().to_string_lossy();
+    assert!(
+        err.contains(&format!("keys/{name}")) && err.contains("does not match its name"),
+        "{err}"
+    );
+    // The entry as it was opens again: the key was right all along.
+    std::fs::write(&keys[0], good).unwrap();
+    t.run_ok(&["snapshots"]);
+}
