@@ -91,11 +91,7 @@ fn label_policies(root: &Path) -> Vec<(String, KeepPolicy)> {
     let (ctrs, _) = containers::read_containers(root);
     let mut out = Vec::new();
     for d in &defs {
-        let owners = std::iter::once((format!("volume {}", d.name), &d.labels)).chain(
-            containers::mounting(&ctrs, &d.name)
-                .map(|c| (format!("container {}", c.name), &c.labels)),
-        );
-        for (owner, l) in owners {
+        for (owner, l) in labels::owners(&d.name, &d.labels, &ctrs) {
             match keep_rules(&owner, l) {
                 Ok(None) => continue,
                 Ok(Some(p)) => out.push((d.name.clone(), p)),
@@ -141,12 +137,7 @@ fn keep_rules(owner: &str, l: &BTreeMap<String, String>) -> Result<Option<KeepPo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::docker::labels::from_pairs as labels;
 
     #[test]
     fn keep_labels_make_the_forget_policy_of_the_same_flags() {

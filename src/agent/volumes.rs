@@ -48,12 +48,12 @@ impl Agent {
                 .unwrap_or_default();
             let mounters: Vec<&containers::Container> =
                 containers::mounting(&ctrs, &name).collect();
-            // volguard.backup=false on the volume or a container that mounts it, as for
-            // `backup --all`; a bad value is warned about when the volume is backed up.
-            let opted_out = std::iter::once(&labels)
-                .chain(mounters.iter().map(|c| &c.labels))
-                .any(|l| labels::opted_out("", l) == Ok(true));
-            if opted_out {
+            // volguard.backup=false, as for `backup --all`; a bad value is warned about when
+            // the volume is backed up.
+            if labels::opt_out(&labels::owners(&name, &labels, &ctrs))
+                .0
+                .is_some()
+            {
                 if self.volumes.contains_key(&name) {
                     tracing::info!(
                         "volume {name}: {}=false now; no longer backed up",

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::containers::{self, Container};
+
 /// `volguard.backup=false`: leave the volume out of `backup --all` and the agent.
 pub const BACKUP: &str = "volguard.backup";
-/// How a skipped volume's opt-out reads in reports.
-pub const BACKUP_FALSE: &str = "volguard.backup=false on";
 /// `volguard.exclude=GLOB[,GLOB...]`: paths every backup of the volume leaves out.
 pub const EXCLUDE: &str = "volguard.exclude";
 /// The agent's schedule for the volume.
@@ -61,10 +61,39 @@ pub fn unknown(owner: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
         .collect()
 }
 
-/// Whether the volume opted out of `--all` and the agent: the label on the volume or on a
-/// container that mounts it, with who set it; a value other than true/false is a problem
-/// and keeps the volume in (backing up too much loses nothing).
-pub fn opted_out(owner: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+/// Label sets with who set them (`volume NAME`, `container NAME`), for messages.
+pub type Owners<'a> = Vec<(String, &'a BTreeMap<String, String>)>;
+
+/// Whose labels speak for volume `name`: the volume's own (`own`) first, then those of every
+/// container among `all` that mounts it.
+pub fn owners<'a>(
+    name: &'a str,
+    own: &'a BTreeMap<String, String>,
+    all: &'a [Container],
+) -> Owners<'a> {
+    std::iter::once((format!("volume {name}"), own))
+        .chain(
+            containers::mounting(all, name).map(|c| (format!("container {}", c.name), &c.labels)),
+        )
+        .collect()
+}
+
+/// Who opted the volume out of `--all` and the agent (`volguard.backup=false` on the volume
+/// or on a container that mounts it), if anyone, and the problems: a value other than
+/// true/false keeps the volume in (backing up too much loses nothing).
+pub fn opt_out(owners: &Owners<'_>) -> (Option<String>, Vec<String>) {
+    let (mut by, mut problems) = (None, Vec::new());
+    for (owner, l) in owners {
+        match opted_out(owner, l) {
+            Ok(true) => by = by.or(Some(owner.clone())),
+            Ok(false) => {}
+            Err(p) => problems.push(p),
+        }
+    }
+    (by, problems)
+}
+
+fn opted_out(owner: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
     match labels.get(BACKUP).map(|v| v.trim().to_ascii_lowercase()) {
         None => Ok(false),
         Some(v) if v == "false" => Ok(true),
@@ -75,15 +104,18 @@ pub fn opted_out(owner: &str, labels: &BTreeMap<String, String>) -> Result<bool,
     }
 }
 
+/// A label set from pairs, for tests.
+#[cfg(test)]
+pub(crate) fn from_pairs(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::from_pairs as labels;
     use super::*;
-
-    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn unknown_volguard_keys_are_named_and_others_ignored() {

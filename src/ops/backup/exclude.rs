@@ -38,20 +38,19 @@ pub struct Rules {
 pub fn check_globs(globs: &[String], flag: &str) -> Result<()> {
     let mut b = Builder::default();
     for g in globs {
-        check_one(g)
-            .and_then(|()| b.add(g))
+        add(&mut b, g)
             .map_err(|e| Error::Usage(format!("{flag} {g:?} is not a valid glob: {e}")))?;
     }
     Ok(())
 }
 
-/// A pattern with a leading `!` would mean "include again" in gitignore; volguard does not
-/// re-include, and silently excluding a file named `!x` instead would surprise.
-fn check_one(glob: &str) -> std::result::Result<(), String> {
+/// Adds one exclude glob. A leading `!` would mean "include again" in gitignore; volguard
+/// does not re-include, and silently excluding a file named `!x` instead would surprise.
+fn add(b: &mut Builder, glob: &str) -> std::result::Result<(), String> {
     if glob.starts_with('!') {
         return Err("re-including with `!` is not supported; narrow the other patterns".into());
     }
-    Ok(())
+    b.add(glob)
 }
 
 /// The patterns of an exclude or ignore file: one per line, blank lines and lines starting
@@ -111,8 +110,8 @@ impl Exclude {
     ) -> (Exclude, Vec<String>) {
         let mut problems = Vec::new();
         let mut b = Builder::default();
-        let mut add = |g: &str, origin: &dyn Fn() -> String| {
-            if let Err(e) = check_one(g).and_then(|()| b.add(g)) {
+        let mut take = |g: &str, origin: &dyn Fn() -> String| {
+            if let Err(e) = add(&mut b, g) {
                 problems.push(format!(
                     "{}: {g:?} is not a valid glob ({e}); that pattern is ignored, the \
                      others apply: fix it there",
@@ -121,18 +120,18 @@ impl Exclude {
             }
         };
         for g in &rules.globs {
-            add(g, &|| "--exclude".into());
+            take(g, &|| "--exclude".into());
         }
         for (origin, value) in labels {
             for g in label_patterns(value) {
-                add(&g, &|| format!("{origin} label {EXCLUDE_LABEL}"));
+                take(&g, &|| format!("{origin} label {EXCLUDE_LABEL}"));
             }
         }
         let ignore = root.join(IGNORE_FILE);
         match read_ignore_file(&ignore) {
             Ok(Some(text)) => {
                 for g in patterns_of(&text) {
-                    add(&g, &|| ignore.display().to_string());
+                    take(&g, &|| ignore.display().to_string());
                 }
             }
             Ok(None) => {}

@@ -182,7 +182,14 @@ pub fn run(
             .spawn_scoped(s, move || readahead(ra_rx))
             .expect("spawning a thread");
 
-        let mut scanner = Scanner::new(repo, index, &exclude, raw_tx, exclude_problems, source);
+        let mut scanner = Scanner::new(
+            repo,
+            index,
+            &exclude,
+            raw_tx,
+            exclude_problems,
+            &source.path,
+        );
         scanner.progress = opts.progress.clone();
         scanner.readahead = Some(ra_tx);
         let scan_result = scanner.walk(&source.path, &root_meta, parent_root);
@@ -313,7 +320,7 @@ fn dry_run(
                 (n + 1, b + blob.raw.len() as u64)
             })
         });
-        let mut scanner = Scanner::new(repo, index, exclude, tx, problems, source);
+        let mut scanner = Scanner::new(repo, index, exclude, tx, problems, &source.path);
         let walked = scanner.walk(&source.path, root_meta, parent_root);
         let mut summary = std::mem::take(&mut scanner.summary);
         let error_count = scanner.error_count;
@@ -398,28 +405,17 @@ pub fn volume_sources(
             }
             Err(crate::docker::NotMounted(why)) => return Err(Error::Other(why)),
         };
-        // The volume's own labels first, then those of every container that mounts it.
-        let owners: Vec<(String, &std::collections::BTreeMap<String, String>)> =
-            std::iter::once((format!("volume {name}"), &src.meta.labels))
-                .chain(
-                    containers::mounting(&ctrs, name)
-                        .map(|c| (format!("container {}", c.name), &c.labels)),
-                )
-                .collect();
-        let mut opted_out_by = None;
-        for (owner, l) in &owners {
-            for w in labels::unknown(owner, l) {
-                tracing::warn!("{w}");
-            }
-            match labels::opted_out(owner, l) {
-                Ok(true) => opted_out_by = opted_out_by.or(Some(owner.clone())),
-                Ok(false) => {}
-                Err(w) => tracing::warn!("{w}"),
-            }
+        let owners = labels::owners(name, &src.meta.labels, &ctrs);
+        let (opted_out_by, problems) = labels::opt_out(&owners);
+        let unknown = owners
+            .iter()
+            .flat_map(|(owner, l)| labels::unknown(owner, l));
+        for w in problems.into_iter().chain(unknown) {
+            tracing::warn!("{w}");
         }
         if let (true, Some(by)) = (all, &opted_out_by) {
             out.opted_out
-                .push(format!("{name}: {} {by}", labels::BACKUP_FALSE));
+                .push(format!("{name}: {}=false on {by}", labels::BACKUP));
             continue;
         }
         out.sources.push(Source {

@@ -64,14 +64,14 @@ fn pipeline_closed() -> Error {
 
 impl<'a> Scanner<'a> {
     /// A scanner sending new blobs to `tx`, with `problems` (bad excludes) already
-    /// recorded as soft errors of `source`.
+    /// recorded as soft errors of the source at `root`.
     pub(super) fn new(
         repo: &'a Repository,
         index: &'a Index,
         exclude: &'a Exclude,
         tx: Sender<RawBlob>,
         problems: Vec<String>,
-        source: &super::Source,
+        root: &Path,
     ) -> Scanner<'a> {
         let mut s = Scanner {
             repo,
@@ -86,7 +86,7 @@ impl<'a> Scanner<'a> {
             readahead: None,
         };
         for p in problems {
-            s.soft_error(&source.path, p);
+            s.soft_error(root, p);
         }
         s
     }
